@@ -1,0 +1,292 @@
+"""Typed configuration: dataclasses filled from a YAML file plus command-line overrides.
+
+A profile (lite, full, tiny) is nothing but a YAML file in configs/; code reads
+the fields below and never branches on the profile's name. Unknown keys and
+badly typed or out-of-range values are errors that name the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import yaml
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is wrong; the message names the key."""
+
+
+def _check(cond: bool, key: str, msg: str) -> None:
+    if not cond:
+        raise ConfigError(f"{key}: {msg}")
+
+
+def _one_of(value: str, allowed: Sequence[str], key: str) -> None:
+    _check(value in allowed, key, f"got {value!r}, expected one of {list(allowed)}")
+
+
+@dataclass
+class TextEncoderConfig:
+    """Prompted text encoder: hidden state at the mask token of the MAGTKD prompt."""
+
+    model: str = "roberta-large"  # HF id, local folder, or "package:<module>"
+    tokenizer: Optional[str] = None  # defaults to `model`
+    random_init: Optional[dict[str, Any]] = None  # HF config kwargs: build random weights (tests)
+    max_tokens: int = 512
+    context_turns: int = 0  # preceding utterances kept in the prompt; 0 = all
+    template: str = "For {speaker}: {text} Now {speaker} feels {mask}"
+    trainable_layers: int = 0  # top transformer layers fine-tuned; -1 = all
+
+    def __post_init__(self) -> None:
+        _check(self.max_tokens >= 16, "encoders.text.max_tokens", f"must be >= 16, got {self.max_tokens}")
+        _check(self.context_turns >= 0, "encoders.text.context_turns", "must be >= 0")
+        _check("{mask}" in self.template, "encoders.text.template", "must contain {mask}")
+        _check(self.trainable_layers >= -1, "encoders.text.trainable_layers", "must be >= -1")
+
+
+@dataclass
+class AudioEncoderConfig:
+    """Utterance audio encoder: a waveform transformer, or pooled Whisper encoder states."""
+
+    kind: str = "hf"  # "hf" (data2vec-style waveform model) or "whisper" (pooled ASR encoder pass)
+    model: str = "facebook/data2vec-audio-base-960h"
+    random_init: Optional[dict[str, Any]] = None
+    sample_rate: int = 16000
+    max_seconds: float = 15.0  # longer utterances are cut (logged), never crash
+    trainable_layers: int = 0
+
+    def __post_init__(self) -> None:
+        _one_of(self.kind, ("hf", "whisper"), "encoders.audio.kind")
+        _check(self.sample_rate == 16000, "encoders.audio.sample_rate", "encoders run at 16000 Hz")
+        _check(0 < self.max_seconds <= 30, "encoders.audio.max_seconds", "must be in (0, 30]")
+        _check(self.trainable_layers >= -1, "encoders.audio.trainable_layers", "must be >= -1")
+
+
+@dataclass
+class VideoEncoderConfig:
+    """Utterance video encoder: a clip transformer, or face crops through a small CNN."""
+
+    kind: str = "hf"  # "hf" (TimeSformer-style clip model) or "face_cnn" (Haar faces + mini-Xception)
+    model: str = "facebook/timesformer-base-finetuned-k400"
+    random_init: Optional[dict[str, Any]] = None
+    num_frames: int = 8
+    image_size: Optional[int] = None  # None: the model's own
+    image_mean: Optional[list[float]] = None  # None: the model's own processor statistics
+    image_std: Optional[list[float]] = None
+    trainable_layers: int = 0
+
+    def __post_init__(self) -> None:
+        _one_of(self.kind, ("hf", "face_cnn"), "encoders.video.kind")
+        _check(self.num_frames >= 1, "encoders.video.num_frames", "must be >= 1")
+        for key, val in (("image_mean", self.image_mean), ("image_std", self.image_std)):
+            _check(val is None or len(val) == 3, f"encoders.video.{key}", "must have 3 values (RGB)")
+
+
+@dataclass
+class ASRConfig:
+    """Speech recognizer; "scripted" returns given transcripts and exists for tests."""
+
+    kind: str = "faster_whisper"  # or "scripted"
+    model: str = "small"  # faster-whisper size, local folder, or "package:<module>"
+    device: str = "auto"
+    compute_type: str = "default"
+    beam_size: int = 1
+    language: Optional[str] = "en"
+
+    def __post_init__(self) -> None:
+        _one_of(self.kind, ("faster_whisper", "scripted"), "encoders.asr.kind")
+        _check(self.beam_size >= 1, "encoders.asr.beam_size", "must be >= 1")
+
+
+@dataclass
+class EncodersConfig:
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    audio: AudioEncoderConfig = field(default_factory=AudioEncoderConfig)
+    video: VideoEncoderConfig = field(default_factory=VideoEncoderConfig)
+    asr: ASRConfig = field(default_factory=ASRConfig)
+
+
+@dataclass
+class MAGTConfig:
+    """Multi-modal anchor gated transformer (MAGTKD_SPEC.md, stage 2)."""
+
+    d_model: int = 768
+    heads: int = 8
+    layers: int = 1
+    d_ff: int = 768
+    dropout: float = 0.5
+    max_speakers: int = 16  # speaker ids 0..max_speakers-1; padding has its own index
+    max_len: int = 512  # longest dialogue (position encoding)
+    window: int = 0  # 0: whole dialogue; W > 0: causal sliding window of the last W utterances
+
+    def __post_init__(self) -> None:
+        _check(self.d_model > 0 and self.heads > 0, "magt.d_model", "d_model and heads must be > 0")
+        _check(self.d_model % self.heads == 0, "magt.heads", f"{self.heads} heads must divide d_model {self.d_model}")
+        _check(self.layers >= 1, "magt.layers", "must be >= 1")
+        _check(0.0 <= self.dropout < 1.0, "magt.dropout", f"must be in [0, 1), got {self.dropout}")
+        _check(self.max_speakers >= 1, "magt.max_speakers", "must be >= 1")
+        _check(self.window >= 0, "magt.window", "must be >= 0 (0 = whole dialogue)")
+
+
+@dataclass
+class KDConfig:
+    """Knowledge-distillation weights and temperatures (MAGTKD_SPEC.md)."""
+
+    teacher: str = "text"  # modality that teaches the others
+    tau: float = 2.0  # soft-label temperature
+    tau_feat: float = 1.0  # relation-KL temperature
+    w_soft: float = 0.1  # stage-1 weight of the Pearson soft-label loss
+    w_feat: float = 1.0  # stage-1 weight of the relation-KL feature loss
+    lambda_audio: float = 0.01  # stage-2 auxiliary weight, audio
+    lambda_video: float = 0.08  # stage-2 auxiliary weight, video
+    stage2_feat: bool = False  # add L_f between a', v' and t' in stage 2
+    distill_video: bool = True  # use the distilled video student's features in stage 2
+
+    def __post_init__(self) -> None:
+        _one_of(self.teacher, ("text", "audio", "video"), "kd.teacher")
+        _check(self.tau > 0 and self.tau_feat > 0, "kd.tau", "temperatures must be > 0")
+
+
+@dataclass
+class Config:
+    """The whole resolved configuration; saved in every checkpoint and run folder."""
+
+    profile: str = "full"  # a name recorded in checkpoints; loading refuses a mismatch
+    labels: str = "meld"
+    feature_dim: int = 768  # width of every utterance vector fed to MAGT
+    checkpoint: Optional[str] = None  # trained weights the service loads
+    seed: int = 0
+    encoders: EncodersConfig = field(default_factory=EncodersConfig)
+    magt: MAGTConfig = field(default_factory=MAGTConfig)
+    kd: KDConfig = field(default_factory=KDConfig)
+    train: dict[str, Any] = field(default_factory=dict)  # recipe options, read by training/
+    stream: dict[str, Any] = field(default_factory=dict)  # service options, read by actors/
+
+    def __post_init__(self) -> None:
+        from magtkd_stream.labels import LABEL_SETS
+
+        _one_of(self.labels, tuple(LABEL_SETS), "labels")
+        _check(self.feature_dim > 0, "feature_dim", "must be > 0")
+
+
+def _path_of(name_or_path: str | Path) -> Path:
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return p
+    return CONFIG_DIR / f"{name_or_path}.yaml"
+
+
+def _parse_override(item: str) -> tuple[list[str], Any]:
+    if "=" not in item:
+        raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. magt.window=4")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {item!r}: empty key")
+    return key.split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def _set_path(tree: dict[str, Any], parts: list[str], value: Any) -> None:
+    node = tree
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {'.'.join(parts)}: {p!r} is not a section")
+    node[parts[-1]] = value
+
+
+def _build(cls: type, data: Any, prefix: str) -> Any:
+    """Dataclass from a dict, recursively; unknown keys and wrong types name the key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or '<root>'}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(f"unknown key {where}{unknown[0]}; known keys here: {sorted(fields)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        sub = _dataclass_type(cls, name)
+        kwargs[name] = _build(sub, value, key) if sub is not None else _coerce(fields[name], value, key)
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # pragma: no cover - dataclass signature mismatch
+        raise ConfigError(f"{prefix or '<root>'}: {exc}") from None
+
+
+def _dataclass_type(cls: type, name: str) -> type | None:
+    default = next(f for f in dataclasses.fields(cls) if f.name == name).default_factory  # type: ignore[misc]
+    if default is dataclasses.MISSING:
+        return None
+    probe = default()
+    return type(probe) if dataclasses.is_dataclass(probe) else None
+
+
+_SIMPLE = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _coerce(f: dataclasses.Field, value: Any, key: str) -> Any:
+    """Check a leaf value against the field's annotation (strings, as `from __future__` gives)."""
+    ann = str(f.type).replace("typing.", "")
+    optional = ann.startswith("Optional[")
+    base = ann[len("Optional[") : -1] if optional else ann
+    if value is None:
+        _check(optional, key, f"may not be empty (expected {base})")
+        return None
+    if base in _SIMPLE:
+        want = _SIMPLE[base]
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
+        _check(ok, key, f"expected {base}, got {type(value).__name__} {value!r}")
+        return value
+    if base.startswith("list["):
+        _check(isinstance(value, list), key, f"expected a list, got {type(value).__name__}")
+        if base == "list[float]":
+            _check(all(isinstance(v, (int, float)) for v in value), key, "expected a list of numbers")
+            return [float(v) for v in value]
+        return value
+    if base.startswith("dict["):
+        _check(isinstance(value, dict), key, f"expected a mapping, got {type(value).__name__}")
+        return value
+    return value
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    """Plain, YAML/JSON-ready form of a config (what checkpoints and run folders store)."""
+    return dataclasses.asdict(cfg)
+
+
+def config_from_dict(data: dict[str, Any]) -> Config:
+    """Rebuild a Config from config_to_dict output (or any partial mapping)."""
+    return _build(Config, data, "")
+
+
+def load_config(name_or_path: str | Path = "lite", overrides: Sequence[str] = ()) -> Config:
+    """Load configs/<name>.yaml (or a path) and apply KEY=VALUE overrides (dotted keys).
+
+    Raises ConfigError naming the unknown key, the file, or the bad value.
+    """
+    path = _path_of(name_or_path)
+    if not path.exists():
+        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"config {str(name_or_path)!r} not found (looked at {path}); known profiles: {known}")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    for item in overrides:
+        parts, value = _parse_override(item)
+        _set_path(data, parts, value)
+    try:
+        return _build(Config, data, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{path.name}: {exc}") from None

@@ -11,6 +11,8 @@ import importlib
 from pathlib import Path
 
 PACKAGE_PREFIX = "package:"
+ASSET_PREFIX = "asset:"
+ASSET_DIR = Path(__file__).resolve().parent / "assets"
 
 # pip names of the packages that carry the lite profile's weights, for error messages.
 _PIP_NAMES = {
@@ -38,9 +40,16 @@ def require(module: str, pip_name: str | None = None, why: str = ""):
 def resolve_model(ref: str) -> str:
     """Turn a model reference into what from_pretrained / WhisperModel accept.
 
-    "package:<module>" -> the folder the package ships; anything else is returned
-    unchanged (a Hugging Face id or a local path).
+    "package:<module>" -> the folder the package ships; "asset:<file>" -> a file
+    shipped inside magtkd_stream/assets; anything else is returned unchanged
+    (a Hugging Face id or a local path).
     """
+    if ref.startswith(ASSET_PREFIX):
+        path = ASSET_DIR / ref[len(ASSET_PREFIX) :]
+        if not path.exists():
+            known = sorted(p.name for p in ASSET_DIR.iterdir()) if ASSET_DIR.exists() else []
+            raise FileNotFoundError(f"{ref!r}: no such asset in {ASSET_DIR}; shipped assets: {known}")
+        return str(path)
     if not ref.startswith(PACKAGE_PREFIX):
         return ref
     module = ref[len(PACKAGE_PREFIX) :]

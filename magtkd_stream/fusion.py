@@ -1,0 +1,121 @@
+"""Streaming fusion: the per-session sliding window and the trained heads + MAGT that read it.
+
+A live stream has no future, so each new utterance is predicted from the last
+W utterances of its session with MAGT's causal window mask — the same mask the
+model was trained and evaluated with. Modalities an utterance lacks (no face,
+no transcript) stay absent in the window and are masked inside MAGT.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from magtkd_stream.checkpoint import Checkpoint
+from magtkd_stream.config import Config
+from magtkd_stream.encoders.base import MODALITIES, ModalityHead
+from magtkd_stream.magt import MAGT
+
+
+@dataclass
+class WindowItem:
+    """One utterance in a session window: its speaker id and per-modality feature vectors."""
+
+    speaker: int
+    features: dict[str, np.ndarray | None]  # modality -> (feature_dim,) or None when absent
+
+
+class SessionWindow:
+    """The last W utterances of one session, with speaker names mapped to MAGT speaker ids.
+
+    Speaker ids follow order of first appearance in the session (as training does
+    within a dialogue); past `max_speakers` distinct names, ids wrap around.
+    """
+
+    def __init__(self, window: int, max_speakers: int) -> None:
+        if window < 1:
+            raise ValueError(f"a streaming window needs at least 1 utterance, got {window}")
+        self.window = window
+        self.max_speakers = max_speakers
+        self.items: deque[WindowItem] = deque(maxlen=window)
+        self._speakers: dict[str, int] = {}
+
+    def speaker_id(self, name: str) -> int:
+        if name not in self._speakers:
+            self._speakers[name] = len(self._speakers) % self.max_speakers
+        return self._speakers[name]
+
+    def push(self, speaker: str, features: Mapping[str, np.ndarray | None]) -> None:
+        self.items.append(WindowItem(self.speaker_id(speaker), {m: features.get(m) for m in MODALITIES}))
+
+
+@dataclass
+class FusionResult:
+    probs: np.ndarray  # (C,) fused
+    modality_probs: dict[str, np.ndarray | None] = field(default_factory=dict)  # stage-1 heads alone
+
+
+class FusionModel(nn.Module):
+    """The trained part of the recognizer: one head per modality and MAGT.
+
+    Heads turn encoder backbone vectors into feature_dim features (and stage-1
+    logits); MAGT fuses the features of a window of utterances.
+    """
+
+    def __init__(self, cfg: Config, encoder_dims: Mapping[str, int], num_classes: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.feature_dim = cfg.feature_dim
+        self.heads = nn.ModuleDict(
+            {m: ModalityHead(int(encoder_dims[m]), cfg.feature_dim, num_classes) for m in MODALITIES}
+        )
+        self.magt = MAGT(cfg.magt, cfg.feature_dim, num_classes)
+
+    @classmethod
+    def from_checkpoint(cls, ck: Checkpoint) -> "FusionModel":
+        """Rebuild exactly what was trained, from the checkpoint's own config and dims."""
+        dims = ck.extra.get("encoder_dims")
+        if not isinstance(dims, dict) or set(dims) != set(MODALITIES):
+            raise ValueError("checkpoint has no encoder_dims for text, audio and video; cannot rebuild heads")
+        model = cls(ck.config, dims, len(ck.labels))
+        for m in MODALITIES:
+            model.heads[m].load_state_dict(ck.state_dict(f"{m}.head"))
+        model.magt.load_state_dict(ck.state_dict("magt"))
+        return model.eval()
+
+    @torch.inference_mode()
+    def head(self, modality: str, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(features (B, feature_dim), stage-1 logits (B, C)) from backbone vectors (B, dim)."""
+        return self.heads[modality](vectors)
+
+    @torch.inference_mode()
+    def predict_last(self, windows: Sequence[SessionWindow]) -> list[np.ndarray]:
+        """Fused class probabilities of the newest utterance of each window, batched across sessions."""
+        if not windows:
+            return []
+        lengths = [len(w.items) for w in windows]
+        if min(lengths) == 0:
+            raise ValueError("every window needs at least one utterance to predict")
+        b, l, d = len(windows), max(lengths), self.feature_dim
+        feats = {m: torch.zeros(b, l, d) for m in MODALITIES}
+        present = torch.zeros(b, l, len(MODALITIES), dtype=torch.bool)
+        speakers = torch.zeros(b, l, dtype=torch.long)
+        pad = torch.zeros(b, l, dtype=torch.bool)
+        for i, w in enumerate(windows):
+            for j, item in enumerate(w.items):
+                pad[i, j] = True
+                speakers[i, j] = item.speaker
+                for k, m in enumerate(MODALITIES):
+                    vec = item.features.get(m)
+                    if vec is not None:
+                        feats[m][i, j] = torch.as_tensor(vec, dtype=torch.float32)
+                        present[i, j, k] = True
+        window = max(w.window for w in windows)
+        out = self.magt(feats["text"], feats["audio"], feats["video"], speakers, pad, present, window=window)
+        probs = out.logits.softmax(-1)
+        return [probs[i, lengths[i] - 1].numpy() for i in range(b)]

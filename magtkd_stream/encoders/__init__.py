@@ -42,7 +42,7 @@ def build_encoder(modality: str, cfg: Config) -> Encoder:
         if cfg.encoders.audio.kind == "whisper":
             from magtkd_stream.encoders.whisper_audio import WhisperAudioEncoder
 
-            enc = WhisperAudioEncoder(cfg.encoders.audio, cfg.encoders.asr)
+            enc = WhisperAudioEncoder(cfg.encoders.audio, device=cfg.encoders.asr.device)
         else:
             from magtkd_stream.encoders.hf_audio import HFAudioEncoder
 

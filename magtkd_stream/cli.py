@@ -1,0 +1,85 @@
+"""The `magtkd-stream` command: run a media file, serve live sessions, inspect a profile.
+
+This is an entry point, so it (and only it) configures logging. The Ray-based
+commands import actors/ lazily: the library itself never needs Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from magtkd_stream.config import ConfigError, config_to_dict, load_config
+
+log = logging.getLogger("magtkd_stream.cli")
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", default="lite", help="profile name in configs/ or a YAML path (default: lite)")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config value, e.g. --set magt.window=4 (repeatable)",
+    )
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="magtkd-stream", description="Real-time multimodal emotion recognition in conversations (MAGTKD)."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="replay an audio or video file through the streaming pipeline")
+    run.add_argument("file", type=Path, help="audio or video file (anything FFmpeg decodes)")
+    run.add_argument("--fast", action="store_true", help="as fast as possible instead of real-time pace")
+    run.add_argument("--out", type=Path, default=None, help="write every event as JSONL here")
+    run.add_argument("--speaker", default=None, help="speaker label for the whole file")
+    _add_config_args(run)
+
+    serve = sub.add_parser("serve", help="run the websocket service until stopped")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--token", action="append", default=[], help="accepted client token (repeatable)")
+    serve.add_argument("--mic", action="store_true", help="also publish this machine's microphone as a session")
+    serve.add_argument("--camera", action="store_true", help="also publish this machine's camera (with --mic)")
+    serve.add_argument("--session", default="local", help="session id for --mic/--camera")
+    _add_config_args(serve)
+
+    info = sub.add_parser("info", help="print the resolved configuration of a profile")
+    _add_config_args(info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"magtkd-stream: configuration error: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "info":
+        print(json.dumps(config_to_dict(cfg), indent=2))
+        return 0
+    if args.command == "run":
+        from actors.run_file import run_file_cli
+
+        return run_file_cli(cfg, args)
+    if args.command == "serve":
+        from actors.serve import serve_cli
+
+        return serve_cli(cfg, args)
+    return 2  # pragma: no cover - argparse enforces the choices
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -25,7 +25,10 @@ def test_tiny_profile_builds_full_profile_classes_and_encodes() -> None:
 
 
 def test_kind_switches_the_class_without_profile_names() -> None:
-    cfg = load_config("tiny", ["encoders.video.kind=face_cnn", "encoders.video.model=asset:face_cnn.safetensors"])
+    cfg = load_config(
+        "tiny",
+        ["encoders.video.kind=face_cnn", "encoders.video.model=asset:face_cnn.safetensors",
+        "encoders.video.random_init=null"])
     enc = build_encoder("video", cfg)
     assert type(enc).__name__ == "FaceCNNEncoder"
     blank = enc.encode([VideoInput([np.zeros((120, 160, 3), np.uint8)])])

@@ -8,9 +8,10 @@ badly typed or out-of-range values are errors that name the key.
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, ClassVar, Optional, Sequence
 
 import yaml
 
@@ -152,6 +153,92 @@ class KDConfig:
         _check(self.tau > 0 and self.tau_feat > 0, "kd.tau", "temperatures must be > 0")
 
 
+_DEVICE = re.compile(r"^(auto|cpu|mps|cuda(:\d+)?)$")
+
+
+@dataclass
+class StageConfig:
+    """Optimiser and loop settings shared by both training stages (validated under `_key`)."""
+
+    _key: ClassVar[str] = "train.stage"
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    batch_size: int = 16
+    epochs: int = 30
+    grad_clip: float = 10.0  # max global gradient norm; 0 = no clipping
+    warmup_ratio: float = 0.1  # share of optimizer steps (batches) spent warming up, then linear decay to 0
+    patience: int = 0  # stop after this many epochs without a better dev score; 0 = never stop early
+    num_workers: int = 0  # DataLoader worker processes
+    device: str = "auto"  # "auto" (cuda when available), "cpu", "cuda", "cuda:N", "mps"
+
+    def __post_init__(self) -> None:
+        k = self._key
+        _check(self.lr > 0, f"{k}.lr", f"must be > 0, got {self.lr}")
+        _check(self.weight_decay >= 0, f"{k}.weight_decay", f"must be >= 0, got {self.weight_decay}")
+        _check(self.batch_size >= 1, f"{k}.batch_size", f"must be >= 1, got {self.batch_size}")
+        _check(self.epochs >= 1, f"{k}.epochs", f"must be >= 1, got {self.epochs}")
+        _check(self.grad_clip >= 0, f"{k}.grad_clip", f"must be >= 0 (0 = no clipping), got {self.grad_clip}")
+        _check(0 <= self.warmup_ratio < 1, f"{k}.warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}")
+        _check(self.patience >= 0, f"{k}.patience", f"must be >= 0 (0 = no early stop), got {self.patience}")
+        _check(self.num_workers >= 0, f"{k}.num_workers", f"must be >= 0, got {self.num_workers}")
+        _check(
+            bool(_DEVICE.match(self.device)),
+            f"{k}.device",
+            f"got {self.device!r}, expected auto, cpu, mps, cuda or cuda:N",
+        )
+
+
+@dataclass
+class Stage1Config(StageConfig):
+    """Stage 1 (utterance encoders, one by one); which layers train is set per encoder in `encoders`."""
+
+    _key: ClassVar[str] = "train.stage1"
+    lr: float = 1e-5
+    weight_decay: float = 0.01
+    batch_size: int = 4  # utterances
+    epochs: int = 10
+
+
+SELECT_METRICS: tuple[str, ...] = ("weighted_f1", "macro_f1", "accuracy")
+
+
+@dataclass
+class Stage2Config(StageConfig):
+    """Stage 2 (MAGT on extracted features); the official settings are the defaults."""
+
+    _key: ClassVar[str] = "train.stage2"
+    lr: float = 1e-4
+    weight_decay: float = 1e-6
+    batch_size: int = 16  # dialogues
+    epochs: int = 30
+    windows: list[int] = field(default_factory=lambda: [0, 2, 4, 8])  # dev windows reported; 0 = full context
+    train_window: Optional[int] = None  # context MAGT trains with; None = magt.window; 0 = full context
+    select_metric: str = "weighted_f1"  # dev metric that picks the epoch (never test)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(len(self.windows) > 0, "train.stage2.windows", "must list at least one window (0 = full context)")
+        _check(
+            all(isinstance(w, int) and not isinstance(w, bool) and w >= 0 for w in self.windows),
+            "train.stage2.windows",
+            f"must be integers >= 0, got {self.windows}",
+        )
+        _check(
+            self.train_window is None or self.train_window >= 0,
+            "train.stage2.train_window",
+            f"must be >= 0 (0 = full context) or empty (= magt.window), got {self.train_window}",
+        )
+        _one_of(self.select_metric, SELECT_METRICS, "train.stage2.select_metric")
+
+
+@dataclass
+class TrainConfig:
+    """Training recipe: one section per stage."""
+
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+
+
 @dataclass
 class Config:
     """The whole resolved configuration; saved in every checkpoint and run folder."""
@@ -164,7 +251,7 @@ class Config:
     encoders: EncodersConfig = field(default_factory=EncodersConfig)
     magt: MAGTConfig = field(default_factory=MAGTConfig)
     kd: KDConfig = field(default_factory=KDConfig)
-    train: dict[str, Any] = field(default_factory=dict)  # recipe options, read by training/
+    train: TrainConfig = field(default_factory=TrainConfig)  # recipe, read by training/
     stream: dict[str, Any] = field(default_factory=dict)  # service options, read by actors/
 
     def __post_init__(self) -> None:
@@ -243,6 +330,11 @@ def _coerce(f: dataclasses.Field, value: Any, key: str) -> Any:
         want = _SIMPLE[base]
         if want is float and isinstance(value, int) and not isinstance(value, bool):
             return float(value)
+        if want is float and isinstance(value, str):  # YAML 1.1 reads 1e-5 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         ok = isinstance(value, want) and not (want is int and isinstance(value, bool))
         _check(ok, key, f"expected {base}, got {type(value).__name__} {value!r}")
         return value
@@ -251,6 +343,10 @@ def _coerce(f: dataclasses.Field, value: Any, key: str) -> Any:
         if base == "list[float]":
             _check(all(isinstance(v, (int, float)) for v in value), key, "expected a list of numbers")
             return [float(v) for v in value]
+        if base == "list[int]":
+            ok = all(isinstance(v, int) and not isinstance(v, bool) for v in value)
+            _check(ok, key, f"expected a list of integers, got {value!r}")
+            return list(value)
         return value
     if base.startswith("dict["):
         _check(isinstance(value, dict), key, f"expected a mapping, got {type(value).__name__}")

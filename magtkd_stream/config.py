@@ -197,6 +197,8 @@ class Stage1Config(StageConfig):
     weight_decay: float = 0.01
     batch_size: int = 4  # utterances
     epochs: int = 10
+    eval_batch_size: int = 32  # utterances per batch when encoding for caches and evaluation
+    cache_on_disk: bool = True  # keep frozen-backbone vectors in the run folder for reuse
 
 
 SELECT_METRICS: tuple[str, ...] = ("weighted_f1", "macro_f1", "accuracy")

@@ -32,7 +32,20 @@ __all__ = [
 
 
 def build_encoder(modality: str, cfg: Config) -> Encoder:
-    """The backbone encoder of one modality as the config describes it (weights loaded, eval mode)."""
+    """The backbone encoder of one modality as the config describes it (weights loaded, eval mode).
+
+    The RNG is seeded from cfg.seed while building (and restored after), so a
+    random-init backbone (the tiny profile) comes out identical in training and
+    in the service: checkpoints store only the trained part.
+    """
+    import torch
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        return _build(modality, cfg).eval()
+
+
+def _build(modality: str, cfg: Config) -> Encoder:
     enc: Encoder
     if modality == "text":
         from magtkd_stream.encoders.text import PromptTextEncoder
@@ -58,4 +71,4 @@ def build_encoder(modality: str, cfg: Config) -> Encoder:
             enc = HFVideoEncoder(cfg.encoders.video)
     else:
         raise ValueError(f"unknown modality {modality!r}; expected one of {list(MODALITIES)}")
-    return enc.eval()
+    return enc

@@ -1,0 +1,201 @@
+"""Encode a split once: backbone vectors of a frozen encoder, and a frozen teacher's outputs.
+
+With the encoder frozen, every epoch would recompute identical backbone
+vectors; on a CPU that is nearly all of the cost. So a frozen backbone runs
+once per split (batched, inference mode, with a progress bar) and stage 1
+trains only the head on the stored vectors; the KD teacher's logits and
+features are computed once the same way. The vectors can also be kept on
+disk in the run folder, keyed by the encoder's configuration and the
+utterance ids, so a resumed or repeated run skips the encoder entirely.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from magtkd_stream.config import Config
+from magtkd_stream.encoders.base import Encoder, UtteranceModel
+from training.stage1_inputs import InputProblems, UttRef, has_input, iter_batches, to_device
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Encoded:
+    """Per-row backbone vectors (N, dim) and whether each row really has the modality (N,)."""
+
+    vectors: torch.Tensor
+    ok: torch.Tensor  # bool; False: absent, failed to load, or reported absent by the encoder
+
+
+def model_device(module: torch.nn.Module) -> torch.device:
+    return next((p.device for p in module.parameters()), torch.device("cpu"))
+
+
+def encode_backbone(
+    encoder: Encoder,
+    refs: Sequence[UttRef],
+    modality: str,
+    cfg: Config,
+    batch_size: int,
+    problems: Optional[InputProblems] = None,
+    num_workers: int = 0,
+    desc: str = "",
+    progress: bool = True,
+) -> Encoded:
+    """Backbone vectors of every ref (zeros where absent), in inference mode, one encoder pass each."""
+    device = model_device(encoder)
+    vectors = torch.zeros(len(refs), encoder.dim)
+    ok = torch.zeros(len(refs), dtype=torch.bool)
+    rows = [i for i, r in enumerate(refs) if has_input(r.utt, modality, encoder)]
+    if problems is not None:
+        problems.absent(len(refs) - len(rows))
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.inference_mode(), tqdm(total=len(rows), desc=desc or f"encode {modality}", unit="utt",
+                                          disable=not progress, leave=False) as bar:
+            for batch in iter_batches(refs, rows, modality, encoder, cfg, batch_size, num_workers):
+                for i, err in batch.failed:
+                    if problems is not None:
+                        problems.failed(refs[i], err)
+                if batch.tensors is not None:
+                    out = encoder(**to_device(batch.tensors, device))
+                    idx = torch.tensor(batch.rows, dtype=torch.long)
+                    vectors[idx] = out.vectors.float().cpu()
+                    ok[idx] = out.present.cpu()
+                    if problems is not None:
+                        for r, p in zip(batch.rows, out.present.cpu().tolist()):
+                            if not p:
+                                problems.encoder_absent(refs[r])
+                bar.update(len(batch.rows) + len(batch.failed))
+    finally:
+        encoder.train(was_training)
+    return Encoded(vectors=vectors, ok=ok)
+
+
+def _fingerprint(encoder: Encoder, modality: str, refs: Sequence[UttRef], cfg: Config) -> str:
+    """Changes whenever the vectors could: encoder class, config and weights, media settings, the inputs."""
+    enc_cfg = getattr(encoder, "cfg", None)
+    desc = {
+        "class": type(encoder).__name__,
+        "modality": modality,
+        "encoder": dataclasses.asdict(enc_cfg) if dataclasses.is_dataclass(enc_cfg) else None,
+        "sample_rate": cfg.encoders.audio.sample_rate,
+        "num_frames": cfg.encoders.video.num_frames,
+        "uids": [r.utt.uid for r in refs],
+        "text": [r.utt.text for r in refs] if modality == "text" else None,
+    }
+    h = hashlib.sha1(json.dumps(desc, sort_keys=True, default=str).encode())
+    with torch.no_grad():  # a weight checksum: random-init and fine-tuned weights change the vectors too
+        for key, t in encoder.state_dict().items():
+            x = t.detach().float()
+            h.update(key.encode())
+            h.update(np.asarray([float(x.sum()), float(x.abs().sum())], dtype=np.float64).tobytes())
+    return h.hexdigest()[:16]
+
+
+def cached_backbone(
+    encoder: Encoder,
+    refs: Sequence[UttRef],
+    modality: str,
+    cfg: Config,
+    batch_size: int,
+    cache_dir: Optional[Path],
+    name: str,
+    problems: Optional[InputProblems] = None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> Encoded:
+    """encode_backbone, read from / written to cache_dir/<name>-<fingerprint>.npz when cache_dir is set.
+
+    Only valid for an encoder whose weights are not trained (the caller checks).
+    """
+    path = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"{name}-{_fingerprint(encoder, modality, refs, cfg)}.npz"
+        if path.is_file():
+            with np.load(path, allow_pickle=False) as z:
+                vectors, ok = z["vectors"], z["ok"]
+                counts = json.loads(str(z["counts"])) if "counts" in z.files else {}
+            if vectors.shape == (len(refs), encoder.dim):
+                logger.info("%s: backbone vectors read from cache %s", name, path)
+                if problems is not None:
+                    problems.report.skipped.update({k: int(v) for k, v in counts.items()})
+                return Encoded(torch.from_numpy(vectors), torch.from_numpy(ok))
+            logger.warning("%s: cache %s has shape %s, expected %s; recomputing",
+                           name, path, vectors.shape, (len(refs), encoder.dim))
+    local = InputProblems(name)
+    enc = encode_backbone(encoder, refs, modality, cfg, batch_size, local, num_workers, name, progress)
+    if problems is not None:
+        problems.report.skipped.update(local.report.skipped)
+        problems.failed_uids |= local.failed_uids
+        problems.absent_uids |= local.absent_uids
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez(tmp, vectors=enc.vectors.numpy(), ok=enc.ok.numpy(),
+                 counts=np.asarray(json.dumps(local.counts())))
+        tmp.replace(path)
+    return enc
+
+
+@torch.inference_mode()
+def apply_head(model: UtteranceModel, enc: Encoded, batch_size: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+    """(features (N, F), logits (N, C)) of a head over stored backbone vectors; zeros where absent."""
+    head = model.head
+    was_training = head.training
+    head.eval()
+    device = model_device(head)
+    feats, logits = [], []
+    try:
+        for start in range(0, enc.vectors.shape[0], batch_size):
+            f, z = head(enc.vectors[start : start + batch_size].to(device))
+            feats.append(f.float().cpu())
+            logits.append(z.float().cpu())
+    finally:
+        head.train(was_training)
+    if not feats:
+        c = head.cls.out_features
+        return torch.zeros(0, head.proj.out_features), torch.zeros(0, c)
+    mask = enc.ok.unsqueeze(1).float()
+    return torch.cat(feats) * mask, torch.cat(logits) * mask
+
+
+@dataclass
+class TeacherOutputs:
+    """A frozen teacher's view of the student's training rows: (N, F), (N, C), (N,) bool."""
+
+    feats: torch.Tensor
+    logits: torch.Tensor
+    ok: torch.Tensor
+
+
+def teacher_outputs(
+    teacher: UtteranceModel,
+    refs: Sequence[UttRef],
+    cfg: Config,
+    batch_size: int,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> TeacherOutputs:
+    """The teacher's features and logits on the same utterances, computed once (it never changes)."""
+    problems = InputProblems(f"teacher/{teacher.modality}")
+    enc = encode_backbone(teacher.encoder, refs, teacher.modality, cfg, batch_size, problems, num_workers,
+                          f"teacher {teacher.modality}", progress)
+    feats, logits = apply_head(teacher, enc)
+    counts = problems.counts()
+    if counts:
+        logger.info("teacher %s: no KD signal for %s of %d training utterances",
+                    teacher.modality, counts, len(refs))
+    return TeacherOutputs(feats=feats, logits=logits, ok=enc.ok)

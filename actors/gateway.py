@@ -1,0 +1,413 @@
+"""Websocket gateway: authenticates clients, carries publisher media to the pipeline, events to subscribers.
+
+Transport only. Recognition happens behind a SessionSink; events come back
+through the EventBus, which sequences them and fans them out. Every connection
+runs in its own tasks with bounded queues, so a slow, silent or misbehaving
+client is answered or dropped on its own connection and no other session waits
+for it. The wire format is docs/PROTOCOL.md (magtkd_stream/protocol.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hmac
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Optional, Protocol, Union
+
+import numpy as np
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from actors.gateway_publisher import PublisherSession
+from magtkd_stream.bus import ALL, EventBus, Subscription, SubscriptionDropped
+from magtkd_stream.config import ConfigError
+from magtkd_stream.protocol import (
+    CLOSE_DROPPED,
+    CLOSE_SHUTDOWN,
+    PROTOCOL_VERSION,
+    SAMPLE_RATES,
+    EndMessage,
+    PingMessage,
+    ProtocolError,
+    PublisherHello,
+    SubscriberHello,
+    control,
+    dumps,
+    error_message,
+    parse_client_text,
+)
+
+log = logging.getLogger(__name__)
+
+TOKENS_ENV = "MAGTKD_TOKENS"
+
+PublishFn = Callable[[str, Mapping[str, Any]], int]
+
+
+class SessionSink(Protocol):
+    """What the recognition pipeline implements to receive one publisher session's media.
+
+    The gateway calls, per session and in this order: open, then audio/video as they arrive
+    (awaited one at a time, in arrival order), then end exactly once (also after a disconnect,
+    idle timeout or error). Events go out through the `publish` callable given to attach():
+    publish(session, event) -> seq, synchronous, on the gateway's event loop thread. Every event
+    of a session must be published before end() returns; the gateway then publishes session_end.
+    """
+
+    def attach(self, publish: PublishFn) -> None: ...
+
+    async def open(self, session: str, speaker: Optional[str], video: bool) -> None: ...
+
+    async def audio(self, session: str, samples: np.ndarray) -> None:
+        """samples: float32, mono, 16 kHz, in [-1, 1); continuous across calls."""
+
+    async def video(self, session: str, ts: float, frame_bgr: np.ndarray) -> None:
+        """ts: media seconds from session start (non-decreasing); frame_bgr: uint8 (H, W, 3)."""
+
+    async def end(self, session: str) -> None: ...
+
+
+def _positive(value: float, key: str) -> None:
+    if not value > 0:
+        raise ConfigError(f"gateway.{key}: must be > 0, got {value!r}")
+
+
+@dataclass
+class GatewayConfig:
+    """Limits and address of the gateway; `tokens` is merged with the comma-separated MAGTKD_TOKENS env var."""
+
+    host: str = "127.0.0.1"
+    port: int = 8765  # 0: an ephemeral port (read Gateway.port after start)
+    tokens: tuple[str, ...] = ()
+    max_message_bytes: int = 1 << 20
+    max_video_fps: float = 30.0
+    max_video_pixels: int = 3840 * 2160
+    max_sessions_per_token: int = 4
+    idle_timeout_s: float = 30.0
+    subscriber_queue: int = 256
+    replay_buffer: int = 1024
+    inbound_queue: int = 256  # per session: audio chunks + decoded frames waiting for the pipeline
+    ended_sessions_kept: int = 256
+    ended_session_ttl_s: float = 600.0
+    close_timeout_s: float = 5.0
+    validate_events: bool = True
+
+    def __post_init__(self) -> None:
+        self.tokens = tuple(self.tokens)
+        if not all(isinstance(t, str) and t for t in self.tokens):
+            raise ConfigError("gateway.tokens: every token must be a non-empty string")
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"gateway.port: must be in [0, 65535], got {self.port}")
+        for key in (
+            "max_message_bytes",
+            "max_video_fps",
+            "max_video_pixels",
+            "max_sessions_per_token",
+            "idle_timeout_s",
+            "subscriber_queue",
+            "replay_buffer",
+            "inbound_queue",
+            "close_timeout_s",
+        ):
+            _positive(getattr(self, key), key)
+        if self.ended_sessions_kept < 0 or self.ended_session_ttl_s < 0:
+            raise ConfigError("gateway.ended_sessions_kept / ended_session_ttl_s: must be >= 0")
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any]) -> "GatewayConfig":
+        """Build from a config mapping (e.g. Config.stream["gateway"]); unknown keys name the key."""
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ConfigError(f"unknown key gateway.{unknown[0]}; known keys: {sorted(fields)}")
+        kwargs = dict(data)
+        if "tokens" in kwargs:
+            tokens = kwargs["tokens"]
+            kwargs["tokens"] = tuple(tokens.split(",")) if isinstance(tokens, str) else tuple(tokens or ())
+        for name, value in kwargs.items():
+            default = fields[name].default
+            if isinstance(default, bool) != isinstance(value, bool) or (
+                isinstance(default, (int, float)) and not isinstance(value, (int, float))
+            ):
+                raise ConfigError(f"gateway.{name}: expected {type(default).__name__}, got {value!r}")
+        return cls(**kwargs)
+
+    def accepted_tokens(self) -> tuple[str, ...]:
+        env = [t.strip() for t in os.environ.get(TOKENS_ENV, "").split(",") if t.strip()]
+        return tuple(dict.fromkeys([*self.tokens, *env]))
+
+    def limits(self) -> dict[str, Any]:
+        return {
+            "max_message_bytes": self.max_message_bytes,
+            "max_video_fps": self.max_video_fps,
+            "max_sessions_per_token": self.max_sessions_per_token,
+            "idle_timeout_s": self.idle_timeout_s,
+            "subscriber_queue": self.subscriber_queue,
+            "replay_buffer": self.replay_buffer,
+            "sample_rates": list(SAMPLE_RATES),
+        }
+
+
+def _close_reason(text: str) -> str:
+    """Websocket close reasons are limited to 123 UTF-8 bytes."""
+    raw = text.encode("utf-8")[:123]
+    return raw.decode("utf-8", errors="ignore")
+
+
+class Gateway:
+    """The websocket server. `sink` receives media; `bus` (built from config if omitted) carries events."""
+
+    def __init__(self, config: GatewayConfig, sink: SessionSink, bus: Optional[EventBus] = None) -> None:
+        self.config = config
+        self.tokens = [t.encode("utf-8") for t in config.accepted_tokens()]
+        if not self.tokens:
+            raise ConfigError(
+                f"gateway: no tokens configured; set gateway.tokens or the {TOKENS_ENV} environment variable"
+            )
+        self.bus = bus or EventBus(
+            replay_buffer=config.replay_buffer,
+            subscriber_queue=config.subscriber_queue,
+            ended_sessions_kept=config.ended_sessions_kept,
+            ended_session_ttl_s=config.ended_session_ttl_s,
+            validate=config.validate_events,
+        )
+        self.sink = sink
+        sink.attach(self.bus.publish)
+        self.decoder = ThreadPoolExecutor(max_workers=2, thread_name_prefix="jpeg-decode")
+        self.stopping = False
+        self._server = None
+        self._by_token: dict[str, set[str]] = {}
+        self._publishers: dict[ServerConnection, PublisherSession] = {}
+        self._subscribers: dict[ServerConnection, Subscription] = {}
+        self._handlers: set[asyncio.Task] = set()
+
+    # ------------------------------------------------------------ lifecycle
+
+    async def start(self) -> None:
+        cfg = self.config
+        self._server = await serve(
+            self._handle,
+            cfg.host,
+            cfg.port,
+            # Messages between our limit and this hard cap get a clear "oversized" error; beyond it the
+            # websockets library closes with 1009 itself.
+            max_size=max(2 * cfg.max_message_bytes, cfg.max_message_bytes + 65536),
+            compression=None,  # audio and JPEG do not compress; saves CPU per frame
+            close_timeout=cfg.close_timeout_s,
+        )
+        log.info("gateway listening on ws://%s:%d/", cfg.host, self.port)
+
+    @property
+    def port(self) -> int:
+        if self._server is None:
+            raise RuntimeError("gateway not started")
+        return self._server.sockets[0].getsockname()[1]
+
+    async def stop(self) -> None:
+        """Close cleanly: publishers first (their sessions flush and end), then subscribers once drained."""
+        if self._server is None:
+            return
+        self.stopping = True
+        self._server.close(close_connections=False)
+        pubs = list(self._publishers.items())
+        await asyncio.gather(
+            *(ws.close(CLOSE_SHUTDOWN, "server shutting down") for ws, _ in pubs), return_exceptions=True
+        )
+        await asyncio.gather(*(p.done.wait() for _, p in pubs))
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.close_timeout_s
+        while any(s.pending for s in self._subscribers.values()) and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        # Subscribers, and connections that have not sent their hello yet.
+        rest = set(self._subscribers) | set(self._server.connections)
+        await asyncio.gather(*(ws.close(CLOSE_SHUTDOWN, "server shutting down") for ws in rest), return_exceptions=True)
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=self.config.close_timeout_s)
+        await self._server.wait_closed()
+        self.decoder.shutdown(wait=False, cancel_futures=True)
+        self._server = None
+
+    async def __aenter__(self) -> "Gateway":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # ------------------------------------------------------------ helpers shared with publishers
+
+    def _token_ok(self, token: str) -> bool:
+        given = token.encode("utf-8")
+        ok = False
+        for accepted in self.tokens:  # no early exit: timing does not reveal which token matched
+            ok |= hmac.compare_digest(given, accepted)
+        return ok
+
+    def _claim(self, token: str, session: str) -> None:
+        self.bus.check_new_session(session)  # session_taken, before any limit is counted
+        owned = self._by_token.get(token, set())
+        if len(owned) >= self.config.max_sessions_per_token:
+            raise ProtocolError(
+                "too_many_sessions",
+                f"this token already has {len(owned)} live sessions (limit {self.config.max_sessions_per_token}); "
+                "end one before opening another",
+            )
+        self._by_token[token] = owned | {session}
+
+    def _release(self, token: str, session: str) -> None:
+        owned = self._by_token.get(token)
+        if owned is not None:
+            owned.discard(session)
+            if not owned:
+                del self._by_token[token]
+
+    def _check_size(self, msg: Union[str, bytes]) -> None:
+        size = len(msg.encode("utf-8")) if isinstance(msg, str) else len(msg)
+        if size > self.config.max_message_bytes:
+            raise ProtocolError(
+                "oversized", f"message of {size} bytes exceeds max_message_bytes {self.config.max_message_bytes}"
+            )
+
+    def _error_dict(self, exc: ProtocolError, session: Optional[str] = None) -> dict[str, Any]:
+        return error_message(exc, session if session not in (None, ALL) else None)
+
+    def _welcome(self, role: str, session: str, sessions: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+        msg = control("welcome", role=role, session=session, limits=self.config.limits())
+        if sessions is not None:
+            msg["sessions"] = sessions
+        return msg
+
+    async def _fatal(self, ws: ServerConnection, exc: ProtocolError, session: Optional[str] = None) -> None:
+        """Answer a fatal error, then close this connection only."""
+        try:
+            await asyncio.wait_for(ws.send(dumps(self._error_dict(exc, session))), self.config.close_timeout_s)
+            await ws.close(exc.close_code, _close_reason(f"{exc.code}: {exc.message}"))
+        except (ConnectionClosed, asyncio.TimeoutError, TimeoutError):
+            pass
+
+    # ------------------------------------------------------------ connections
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._handlers.add(task)
+        try:
+            hello = await self._hello(ws)
+            if isinstance(hello, PublisherHello):
+                pub = PublisherSession(self, ws, hello, hello.token)
+                self._publishers[ws] = pub
+                try:
+                    await pub.run()
+                finally:
+                    self._publishers.pop(ws, None)
+            elif isinstance(hello, SubscriberHello):
+                await self._run_subscriber(ws, hello)
+        except ConnectionClosed:
+            pass
+        except Exception as exc:  # a bug must cost this connection only
+            log.exception("connection handler failed")
+            await self._fatal(ws, ProtocolError("internal", f"server error: {type(exc).__name__}"))
+        finally:
+            if task is not None:
+                self._handlers.discard(task)
+
+    async def _hello(self, ws: ServerConnection) -> Union[PublisherHello, SubscriberHello, None]:
+        """Read and check the first message; on any problem answer a fatal error and return None."""
+        try:
+            raw = await asyncio.wait_for(ws.recv(), self.config.idle_timeout_s)
+            self._check_size(raw)
+            if not isinstance(raw, str):
+                raise ProtocolError("bad_message", "the first message must be a text hello, got a binary message")
+            msg = parse_client_text(raw)
+            if isinstance(msg, (EndMessage, PingMessage)):
+                kind = "end" if isinstance(msg, EndMessage) else "ping"
+                raise ProtocolError("bad_message", f"the first message must be hello, got {kind}")
+            if self.stopping:
+                raise ProtocolError("internal", "server is shutting down")
+            if not self._token_ok(msg.token):
+                raise ProtocolError("bad_token", "token not accepted; ask the server operator for a valid token")
+            return msg
+        except (asyncio.TimeoutError, TimeoutError):
+            exc = ProtocolError("idle_timeout", f"no hello within {self.config.idle_timeout_s:g} s of connecting")
+        except ProtocolError as err:
+            exc = err
+        await self._fatal(ws, exc)
+        return None
+
+    async def _run_subscriber(self, ws: ServerConnection, hello: SubscriberHello) -> None:
+        try:
+            sub = self.bus.subscribe(hello.session, hello.resume)
+        except ProtocolError as exc:
+            await self._fatal(ws, exc)
+            return
+        self._subscribers[ws] = sub
+        try:
+            known = self.bus.sessions()
+            covered = known if hello.session == ALL else {k: v for k, v in known.items() if k == hello.session}
+            await ws.send(dumps(self._welcome("subscriber", hello.session, covered)))
+            sender = asyncio.create_task(self._send_events(ws, sub))
+            reader = asyncio.create_task(self._read_subscriber(ws))
+            dropped = asyncio.create_task(sub.wait_dropped())
+            done, pending = await asyncio.wait({sender, reader, dropped}, return_when=asyncio.FIRST_COMPLETED)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            if dropped in done:
+                try:
+                    msg = dumps(control("dropped", reason=dropped.result()))
+                    await asyncio.wait_for(ws.send(msg), self.config.close_timeout_s)
+                    await ws.close(CLOSE_DROPPED, _close_reason("dropped: " + dropped.result()))
+                except (ConnectionClosed, asyncio.TimeoutError, TimeoutError):
+                    pass
+            for task in done:
+                if task is not dropped and not task.cancelled() and task.exception() is not None:
+                    exc = task.exception()
+                    if not isinstance(exc, ConnectionClosed):
+                        raise exc
+        finally:
+            self._subscribers.pop(ws, None)
+            sub.close()
+
+    async def _send_events(self, ws: ServerConnection, sub: Subscription) -> None:
+        try:
+            async for item in sub:
+                await ws.send(item.text)
+        except SubscriptionDropped:
+            await asyncio.Event().wait()  # the drop handler takes over
+
+    async def _read_subscriber(self, ws: ServerConnection) -> None:
+        """Subscribers only ever send ping; anything else is answered with a non-fatal error."""
+        while True:
+            raw = await ws.recv()
+            try:
+                self._check_size(raw)
+            except ProtocolError as exc:
+                await self._fatal(ws, exc)
+                return
+            try:
+                if not isinstance(raw, str):
+                    raise ProtocolError(
+                        "not_publisher", "subscribers may not send binary (media) messages", fatal=False
+                    )
+                msg = parse_client_text(raw)
+                if isinstance(msg, PingMessage):
+                    await ws.send(dumps(control("pong") if msg.id is None else control("pong", id=msg.id)))
+                    continue
+                if isinstance(msg, EndMessage):
+                    raise ProtocolError(
+                        "not_publisher", "end is a publisher message; a subscriber just closes", fatal=False
+                    )
+                raise ProtocolError(
+                    "bad_message", "hello was already accepted on this connection; send only ping", fatal=False
+                )
+            except ProtocolError as exc:
+                if exc.fatal:
+                    exc = ProtocolError(exc.code, exc.message, fatal=False)
+                await ws.send(dumps(self._error_dict(exc)))
+
+
+__all__ = ["Gateway", "GatewayConfig", "SessionSink", "PublishFn", "PROTOCOL_VERSION"]

@@ -1,0 +1,380 @@
+"""Make demo/samples/conversation.mp4 and its script, conversation.json.
+
+The sample is a short conversation between two speakers with visible, frontal
+faces and clearly emotional lines, so that `magtkd-stream run` and the demo
+clients have something meaningful to show on a machine without a camera or
+microphone. Everything in it may be redistributed: the lines are written for
+this project and spoken by espeak-ng (with the emotion-dependent prosody of the
+synthetic training set), and both faces come from the public-domain NASA
+portrait of Eileen Collins that scikit-image ships as skimage/data/astronaut.png.
+Speaker B is that portrait mirrored, framed closer and tinted cooler.
+
+The portrait is read out of a pinned scikit-image wheel fetched with
+`pip download` into a temporary folder (or given with --portrait) and checked
+against its SHA-256, so the sample can be rebuilt exactly from the repository.
+After writing, the script checks its own output: duration, audible speech in
+every utterance, and a face found by OpenCV's Haar cascade in the middle of
+every utterance.
+
+Usage: python demo/make_sample.py [--out demo/samples] [--portrait astronaut.png] [--check-only]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Optional, Sequence
+
+import cv2
+import numpy as np
+
+from training.data.media import load_audio, load_frames, probe
+from training.data.synthetic import AUDIO_RATE, Voice, _speak, _video_codec
+from training.data.types import MediaSpan
+
+HERE = Path(__file__).resolve().parent
+DEFAULT_OUT = HERE / "samples"
+MEDIA_NAME = "conversation.mp4"
+SCRIPT_NAME = "conversation.json"
+
+SKIMAGE_VERSION = "0.25.2"
+ASTRONAUT_MEMBER = "skimage/data/astronaut.png"
+ASTRONAUT_SHA256 = "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5"
+
+WIDTH, HEIGHT, FPS = 640, 480, 12
+CRF = 30
+AUDIO_BITRATE = 40_000
+LEAD_S, GAP_S, TAIL_S = 0.6, 1.0, 0.8
+MAX_PAUSE_S = 0.16  # longest pause kept inside one line
+PEAK = 0.7  # of full scale: leaves headroom for AAC overshoot, so decoded audio stays within [-1, 1]
+MAX_BYTES = 2_000_000
+CAPTION_TOP = HEIGHT - 78  # faces must stay above the caption band
+
+
+@dataclass(frozen=True)
+class Side:
+    """One speaker: voice, and how the shared portrait is shown for them."""
+
+    voice: Voice
+    crop: tuple[int, int, int, int]  # x, y, w, h in the (possibly mirrored) 512x512 portrait; w:h = 4:3
+    mirror: bool
+    tint: tuple[float, float, float]  # BGR gains
+    framing: str
+
+
+SPEAKERS: tuple[Side, ...] = (
+    Side(Voice("Ana", "en-us+f3", 60, 160, (60, 170, 255)), (44, 0, 360, 270), False, (1.0, 1.0, 1.0),
+         "the portrait as published, head and shoulders"),
+    Side(Voice("Bea", "en-gb-x-rp+f4", 40, 150, (255, 200, 80)), (168, 20, 240, 180), True, (1.18, 1.02, 0.84),
+         "the portrait mirrored left-right, framed closer on the face and tinted cooler"),
+)
+
+# (speaker index, MELD emotion label, line): the words alone carry the emotion.
+LINES: tuple[tuple[int, str, str], ...] = (
+    (0, "joy", "Guess what? I got the job! I am so happy, this is the best day of my life!"),
+    (1, "surprise", "Wait, what? You got it? No way, I can't believe it!"),
+    (0, "neutral", "The contract starts on Monday. The office is on the fourth floor."),
+    (1, "sadness", "That means you are moving away. I will miss you so much, it breaks my heart."),
+    (0, "fear", "Honestly, I am terrified. What if I fail and they fire me after a week?"),
+    (1, "anger", "Stop it! I am furious that you always put yourself down like this!"),
+    (0, "disgust", "Ugh, you are right. That awful voice in my head is disgusting."),
+    (1, "joy", "Good! Now let's go out and celebrate, I am so proud of you!"),
+)
+
+
+# ------------------------------------------------------------------ sources
+
+
+def fetch_portrait(workdir: Path) -> bytes:
+    """PNG bytes of skimage/data/astronaut.png from the pinned scikit-image wheel (pip download)."""
+    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
+           "--platform", "manylinux2014_x86_64", "--python-version", "3.11", "--implementation", "cp",
+           "--abi", "cp311", f"scikit-image=={SKIMAGE_VERSION}", "-d", str(workdir)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    wheels = sorted(workdir.glob("scikit_image-*.whl"))
+    if proc.returncode != 0 or not wheels:
+        raise RuntimeError(
+            f"could not download scikit-image=={SKIMAGE_VERSION} to read {ASTRONAUT_MEMBER} "
+            f"({proc.stderr.strip() or 'no wheel saved'}); pass --portrait PATH to a copy of astronaut.png instead"
+        )
+    with zipfile.ZipFile(wheels[0]) as whl:
+        return whl.read(ASTRONAUT_MEMBER)
+
+
+def load_portrait(path: Optional[Path]) -> np.ndarray:
+    """The 512x512 BGR astronaut portrait, from `path` or the pinned wheel, checked by SHA-256."""
+    if path is not None:
+        if not path.is_file():
+            raise FileNotFoundError(f"--portrait {path}: no such file; give the path of skimage's astronaut.png")
+        data = path.read_bytes()
+    else:
+        with tempfile.TemporaryDirectory(prefix="magtkd_portrait_") as tmp:
+            data = fetch_portrait(Path(tmp))
+    digest = hashlib.sha256(data).hexdigest()
+    if digest != ASTRONAUT_SHA256:
+        raise ValueError(
+            f"portrait SHA-256 is {digest}, expected {ASTRONAUT_SHA256} (astronaut.png of scikit-image "
+            f"{SKIMAGE_VERSION}); the sample is only made from that public-domain image"
+        )
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None or image.shape[:2] != (512, 512):
+        raise ValueError("astronaut.png did not decode to a 512x512 colour image")
+    return image
+
+
+def speaker_view(portrait: np.ndarray, side: Side) -> np.ndarray:
+    """HEIGHT x WIDTH BGR picture of one speaker: mirrored/cropped/tinted portrait."""
+    src = portrait[:, ::-1] if side.mirror else portrait
+    x, y, w, h = side.crop
+    view = cv2.resize(np.ascontiguousarray(src[y : y + h, x : x + w]), (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA)
+    tinted = view.astype(np.float32) * np.array(side.tint, np.float32)
+    return np.clip(tinted, 0, 255).astype(np.uint8)
+
+
+def _trim(samples: np.ndarray, pad_s: float = 0.02) -> np.ndarray:
+    """Cut espeak-ng's leading/trailing silence so the script's start/end mark the speech itself."""
+    loud = np.flatnonzero(np.abs(samples.astype(np.int32)) > 0.02 * 32768)
+    if len(loud) == 0:
+        raise RuntimeError("espeak-ng produced silence")
+    pad = int(pad_s * AUDIO_RATE)
+    return samples[max(0, loud[0] - pad) : loud[-1] + pad]
+
+
+def _tighten(samples: np.ndarray, max_pause_s: float = MAX_PAUSE_S) -> np.ndarray:
+    """Shorten pauses inside a line to max_pause_s, so a voice-activity detector keeps the line whole."""
+    hop = AUDIO_RATE // 100  # 10 ms
+    n = len(samples) // hop
+    rms = np.sqrt(np.mean((samples[: n * hop].astype(np.float32).reshape(n, hop) / 32768.0) ** 2, axis=1))
+    quiet = rms < 0.01
+    keep = np.ones(len(samples), bool)
+    limit = int(max_pause_s * 100)
+    i = 0
+    while i < n:
+        if not quiet[i]:
+            i += 1
+            continue
+        j = i
+        while j < n and quiet[j]:
+            j += 1
+        if j - i > limit:  # drop the middle of the pause, keep its edges
+            lo = (i + limit // 2) * hop
+            keep[lo : lo + (j - i - limit) * hop] = False
+        i = j
+    return samples[keep]
+
+
+def synthesize(workdir: Path) -> tuple[np.ndarray, list[dict]]:
+    """The whole conversation's int16 track at AUDIO_RATE and one script entry per line."""
+    pieces: list[np.ndarray] = [np.zeros(int(LEAD_S * AUDIO_RATE), np.int16)]
+    cursor = len(pieces[0])
+    utterances: list[dict] = []
+    for i, (who, emotion, text) in enumerate(LINES):
+        speech = _tighten(_trim(_speak(text, SPEAKERS[who].voice, emotion, workdir)))
+        if i:
+            pieces.append(np.zeros(int(GAP_S * AUDIO_RATE), np.int16))
+            cursor += len(pieces[-1])
+        utterances.append({
+            "index": i, "speaker": SPEAKERS[who].voice.name, "text": text, "emotion": emotion,
+            "start": round(cursor / AUDIO_RATE, 3), "end": round((cursor + len(speech)) / AUDIO_RATE, 3),
+        })
+        pieces.append(speech)
+        cursor += len(speech)
+    pieces.append(np.zeros(int(TAIL_S * AUDIO_RATE), np.int16))
+    track = np.concatenate(pieces).astype(np.float32)
+    track *= PEAK * 32767 / max(float(np.abs(track).max()), 1.0)  # one gain for all: lines keep their loudness
+    return np.round(track).astype(np.int16), utterances
+
+
+# ------------------------------------------------------------------ pictures
+
+
+def _wrap(text: str, scale: float, width: int) -> list[str]:
+    lines, line = [], ""
+    for word in text.split():
+        trial = f"{line} {word}".strip()
+        if line and cv2.getTextSize(trial, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)[0][0] > width:
+            lines.append(line)
+            line = word
+        else:
+            line = trial
+    return lines + [line] if line else lines
+
+
+def render_frame(view: np.ndarray, side: Side, caption: str, speaking: bool, level: float) -> np.ndarray:
+    """One frame: the speaker's picture (nodding with the voice), name tag, caption and level bar."""
+    shift = int(round(4 * level)) if speaking else 0
+    frame = np.concatenate([np.repeat(view[:1], shift, axis=0), view[: HEIGHT - shift]]) if shift else view.copy()
+    name = side.voice.name
+    cv2.rectangle(frame, (12, 12), (36 + 22 * len(name), 48), (20, 20, 20), -1)
+    cv2.circle(frame, (26, 30), 7, side.voice.colour if speaking else (90, 90, 90), -1)
+    cv2.putText(frame, name, (40, 39), cv2.FONT_HERSHEY_SIMPLEX, 0.8, (255, 255, 255), 2, cv2.LINE_AA)
+    band = frame[CAPTION_TOP:]
+    band[:] = (band.astype(np.uint16) * 3 // 10).astype(np.uint8)
+    for k, line in enumerate(_wrap(caption, 0.62, WIDTH - 40)[:2]):
+        y = CAPTION_TOP + 30 + 28 * k
+        cv2.putText(frame, line, (20, y), cv2.FONT_HERSHEY_SIMPLEX, 0.62, (255, 255, 255), 1, cv2.LINE_AA)
+    cv2.rectangle(frame, (20, HEIGHT - 12), (20 + int((WIDTH - 40) * min(level, 1.0)), HEIGHT - 6), side.voice.colour, -1)
+    return frame
+
+
+def _levels(track: np.ndarray, n_frames: int) -> np.ndarray:
+    """Loudness in [0, 1] of the audio shown with each frame."""
+    hop = AUDIO_RATE / FPS
+    out = np.zeros(n_frames)
+    for i in range(n_frames):
+        seg = track[int(i * hop) : int((i + 1) * hop)].astype(np.float32) / 32768.0
+        out[i] = float(np.sqrt(np.mean(seg**2))) if len(seg) else 0.0
+    return np.clip(out / max(out.max(), 1e-6) * 1.2, 0.0, 1.0)
+
+
+# ------------------------------------------------------------------ writing
+
+
+def write_media(path: Path, portrait: np.ndarray, track: np.ndarray, utterances: list[dict]) -> float:
+    """Mux frames (H.264) and the track (mono AAC) into an mp4, interleaved; returns its duration."""
+    import av
+
+    duration = len(track) / AUDIO_RATE
+    n_frames = int(np.ceil(duration * FPS))
+    views = [speaker_view(portrait, side) for side in SPEAKERS]
+    levels = _levels(track, n_frames)
+    by_name = {side.voice.name: k for k, side in enumerate(SPEAKERS)}
+    pcm = (track.astype(np.float32) / 32768.0).reshape(1, -1)
+    vcodec = _video_codec(av)
+    with av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"}) as out:
+        vs = out.add_stream(vcodec, rate=FPS)
+        vs.width, vs.height, vs.pix_fmt = WIDTH, HEIGHT, "yuv420p"
+        if vcodec == "libx264":
+            vs.options = {"crf": str(CRF), "preset": "medium", "g": str(2 * FPS)}
+        aus = out.add_stream("aac", rate=AUDIO_RATE, layout="mono")
+        aus.bit_rate = AUDIO_BITRATE
+        sent = 0
+        for i in range(n_frames):
+            t = i / FPS
+            current = max([u for u in utterances if u["start"] <= t] or [utterances[0]], key=lambda u: u["start"])
+            who = by_name[current["speaker"]]
+            speaking = current["start"] <= t <= current["end"]
+            img = render_frame(views[who], SPEAKERS[who], current["text"], speaking, levels[i])
+            vf = av.VideoFrame.from_ndarray(img, format="bgr24")
+            vf.pts, vf.time_base = i, Fraction(1, FPS)
+            out.mux(vs.encode(vf))
+            upto = min(pcm.shape[1], int((i + 1) * AUDIO_RATE / FPS))
+            while sent + 1024 <= upto or (upto == pcm.shape[1] and sent < upto):
+                af = av.AudioFrame.from_ndarray(pcm[:, sent : sent + 1024], format="fltp", layout="mono")
+                af.sample_rate, af.pts, af.time_base = AUDIO_RATE, sent, Fraction(1, AUDIO_RATE)
+                out.mux(aus.encode(af))
+                sent += af.samples
+        out.mux(vs.encode(None))
+        out.mux(aus.encode(None))
+    return duration
+
+
+def make_sample(out_dir: Path, portrait_path: Optional[Path] = None) -> tuple[Path, Path]:
+    """Write conversation.mp4 and conversation.json into out_dir; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    portrait = load_portrait(portrait_path)
+    with tempfile.TemporaryDirectory(prefix="magtkd_sample_") as tmp:
+        track, utterances = synthesize(Path(tmp))
+    media, script = out_dir / MEDIA_NAME, out_dir / SCRIPT_NAME
+    duration = write_media(media, portrait, track, utterances)
+    doc = {
+        "media": MEDIA_NAME,
+        "made_by": "demo/make_sample.py",
+        "duration": round(duration, 3),
+        "labels": "MELD emotion labels",
+        "video": {"width": WIDTH, "height": HEIGHT, "fps": FPS, "codec": "h264"},
+        "audio": {"sample_rate": AUDIO_RATE, "channels": 1, "codec": "aac"},
+        "speakers": [
+            {"name": s.voice.name, "espeak_voice": s.voice.espeak_voice, "pitch": s.voice.pitch,
+             "rate": s.voice.rate, "portrait": f"scikit-image {SKIMAGE_VERSION} {ASTRONAUT_MEMBER}",
+             "framing": s.framing}
+            for s in SPEAKERS
+        ],
+        "utterances": utterances,
+    }
+    script.write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    return media, script
+
+
+# ------------------------------------------------------------------ checking
+
+
+def face_cascade() -> "cv2.CascadeClassifier":
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    if cascade.empty():
+        raise RuntimeError("OpenCV's haarcascade_frontalface_default.xml did not load (opencv-python 4.x ships it)")
+    return cascade
+
+
+def detect_faces(frame_bgr: np.ndarray, cascade: "cv2.CascadeClassifier") -> list[tuple[int, int, int, int]]:
+    """Frontal faces of at least 80 px found by the Haar cascade, as (x, y, w, h)."""
+    gray = cv2.equalizeHist(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY))
+    found = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(80, 80))
+    return [tuple(int(v) for v in box) for box in found]
+
+
+def check_sample(media: Path, script: Path) -> list[str]:
+    """Problems found in a written sample (an empty list when it is good)."""
+    problems: list[str] = []
+    doc = json.loads(script.read_text(encoding="utf-8"))
+    size = media.stat().st_size
+    if size >= MAX_BYTES:
+        problems.append(f"{media.name} is {size} bytes; keep it under {MAX_BYTES}")
+    info = probe(media)
+    if not (info.has_audio and info.has_video):
+        problems.append(f"{media.name} needs an audio and a video stream (audio={info.has_audio}, video={info.has_video})")
+    if info.duration is None or abs(info.duration - doc["duration"]) > 0.25:
+        problems.append(f"duration {info.duration} s differs from the script's {doc['duration']} s")
+    audio = load_audio(MediaSpan(str(media)), sr=16000)
+    cascade = face_cascade()
+    utts = doc["utterances"]
+    for k, u in enumerate(utts):
+        speech = audio[int(u["start"] * 16000) : int(u["end"] * 16000)]
+        gap_end = utts[k + 1]["start"] if k + 1 < len(utts) else doc["duration"]
+        gap = audio[int((u["end"] + 0.15) * 16000) : int((gap_end - 0.15) * 16000)]
+        rms_speech = float(np.sqrt(np.mean(speech**2))) if len(speech) else 0.0
+        rms_gap = float(np.sqrt(np.mean(gap**2))) if len(gap) else 0.0
+        if not rms_speech > max(0.01, 5 * rms_gap):
+            problems.append(f"utterance {k}: speech RMS {rms_speech:.4f} is not clearly above the gap's {rms_gap:.4f}")
+        mid = (u["start"] + u["end"]) / 2
+        frame = load_frames(MediaSpan(str(media), mid, mid + 1.0 / FPS), num_frames=1)[0]
+        faces = detect_faces(frame, cascade)
+        if not faces:
+            problems.append(f"utterance {k} ({u['speaker']}, {mid:.2f} s): no face found by the Haar cascade")
+        elif max(y + h for _, y, _, h in faces) > CAPTION_TOP + 20:
+            problems.append(f"utterance {k}: face {faces} overlaps the caption band")
+    return problems
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Make the demo conversation sample (mp4 + json script).")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
+    parser.add_argument("--portrait", type=Path, default=None,
+                        help="path of skimage's astronaut.png (default: read it from a pip-downloaded wheel)")
+    parser.add_argument("--check-only", action="store_true", help="only check an existing sample in --out")
+    args = parser.parse_args(argv)
+    media, script = args.out / MEDIA_NAME, args.out / SCRIPT_NAME
+    if not args.check_only:
+        media, script = make_sample(args.out, args.portrait)
+    elif not (media.is_file() and script.is_file()):
+        print(f"make_sample: {media} or {script} is missing; run without --check-only first", file=sys.stderr)
+        return 2
+    problems = check_sample(media, script)
+    for p in problems:
+        print(f"make_sample: {p}", file=sys.stderr)
+    doc = json.loads(script.read_text(encoding="utf-8"))
+    print(f"{media} ({media.stat().st_size} bytes, {doc['duration']} s, {len(doc['utterances'])} utterances): "
+          + ("OK" if not problems else f"{len(problems)} problem(s)"))
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -62,8 +62,8 @@ class SessionSink(Protocol):
 
     async def open(self, session: str, speaker: Optional[str], video: bool) -> None: ...
 
-    async def audio(self, session: str, samples: np.ndarray) -> None:
-        """samples: float32, mono, 16 kHz, in [-1, 1); continuous across calls."""
+    async def audio(self, session: str, samples: np.ndarray, wall: float) -> None:
+        """samples: float32, mono, 16 kHz, in [-1, 1); continuous across calls. wall: arrival time (time.time())."""
 
     async def video(self, session: str, ts: float, frame_bgr: np.ndarray) -> None:
         """ts: media seconds from session start (non-decreasing); frame_bgr: uint8 (H, W, 3)."""

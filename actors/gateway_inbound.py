@@ -23,6 +23,7 @@ from magtkd_stream.protocol import ProtocolError, jpeg_dimensions
 class Inbound:
     kind: str  # "audio", "video" or "end"
     samples: Optional[np.ndarray] = None  # audio: float32 at 16 kHz
+    wall: float = 0.0  # audio: wall-clock time the samples arrived (latency is measured from it)
     ts: float = 0.0  # video: media seconds
     frame: Optional[np.ndarray] = None  # video: BGR uint8 (H, W, 3)
 

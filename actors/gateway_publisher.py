@@ -181,7 +181,7 @@ class PublisherSession:
     async def _put_tail(self) -> None:
         tail = self.resampler.flush()
         if len(tail):
-            await self.queue.put(Inbound("audio", samples=tail))
+            await self.queue.put(Inbound("audio", samples=tail, wall=time.time()))
         await self.queue.put(END)
 
     async def _work(self) -> None:
@@ -191,7 +191,7 @@ class PublisherSession:
             while True:
                 item = await self.queue.get()
                 if item.kind == "audio":
-                    await sink.audio(self.session, item.samples)
+                    await sink.audio(self.session, item.samples, item.wall)
                 elif item.kind == "video":
                     await sink.video(self.session, item.ts, item.frame)
                     self.video_frames += 1
@@ -289,7 +289,7 @@ class PublisherSession:
             samples = self.resampler.process(frame.pcm)
             self.samples_in += len(frame.pcm) // 2
             if len(samples):
-                await self.queue.put(Inbound("audio", samples=samples))
+                await self.queue.put(Inbound("audio", samples=samples, wall=time.time()))
             return
         if not self.hello.video:
             self.video_refused += 1

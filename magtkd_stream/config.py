@@ -261,6 +261,11 @@ class Config:
 
         _one_of(self.labels, tuple(LABEL_SETS), "labels")
         _check(self.feature_dim > 0, "feature_dim", "must be > 0")
+        # The service section is typed in stream_config.py; checking it here makes a
+        # misspelt stream key fail at load time, as every other key does.
+        from magtkd_stream.stream_config import StreamConfig
+
+        StreamConfig.from_dict(self.stream)
 
 
 def _path_of(name_or_path: str | Path) -> Path:

@@ -67,3 +67,9 @@ def test_invalid_yaml_file(tmp_path: Path) -> None:
     path.write_text("profile: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(path)
+
+
+def test_stream_section_is_checked_at_load_time() -> None:
+    assert load_config("tiny", ["stream.batch_wait_ms=5"]).stream == {"batch_wait_ms": 5}
+    with pytest.raises(ConfigError, match=r"stream\.actors\.txt"):
+        load_config("tiny", ["stream.actors.txt.replicas=2"])

@@ -210,7 +210,7 @@ class RecordingSink:
     async def open(self, session, speaker, video) -> None:
         self.opened = (speaker, video)
 
-    async def audio(self, session, samples) -> None:
+    async def audio(self, session, samples, wall) -> None:
         before, self.samples = self.samples, self.samples + len(samples)
         if self.samples // 32000 > before // 32000:
             self.publish(session, _emotion(before // 32000, PROBS) | {"session": session})

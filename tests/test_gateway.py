@@ -53,7 +53,7 @@ class ScriptedSink:
     async def open(self, session, speaker, video) -> None:
         self.opened[session] = (speaker, video)
 
-    async def audio(self, session, samples) -> None:
+    async def audio(self, session, samples, wall) -> None:
         assert samples.dtype == np.float32 and samples.ndim == 1
         if session in self.fail_audio:
             raise RuntimeError("model crashed")

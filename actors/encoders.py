@@ -1,0 +1,310 @@
+"""Actor logic of the recognizer: ASR, utterance encoders and MAGT fusion, as plain classes.
+
+The pipeline wraps each class with ray.remote(...).options(resources from the
+config) when it creates the actor, so the classes themselves stay plain and
+testable. Every worker batches concurrent requests from all sessions with a
+MicroBatcher (short bounded wait) and runs its model on one thread whose
+torch / CTranslate2 thread count comes from the config.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+from typing import Any, Mapping, Optional, Sequence
+
+import numpy as np
+
+from actors.batching import MicroBatcher
+from magtkd_stream.config import Config
+
+log = logging.getLogger(__name__)
+
+UNTRAINED_MODEL_ID = "untrained"
+WARMUP_SESSION = "__warmup__"
+
+
+def _pin_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(max(1, int(threads)))
+
+
+def _device(num_gpus: float) -> str:
+    import torch
+
+    return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
+
+
+def checkpoint_path(cfg: Config) -> Optional[str]:
+    """The checkpoint file the config names (None: run untrained); a missing file is a clear error."""
+    if not cfg.checkpoint:
+        return None
+    from magtkd_stream.resources import resolve_model
+
+    try:
+        path = Path(resolve_model(cfg.checkpoint))
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            f"checkpoint {cfg.checkpoint!r}: {exc}. Train one (magtkd-train) or run untrained with checkpoint=null"
+        ) from None
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {cfg.checkpoint!r} resolves to {path}, which is not a file; "
+            "give a .safetensors checkpoint or run untrained with checkpoint=null"
+        )
+    return str(path)
+
+
+def model_id(path: str, profile: str) -> str:
+    """Stable id of a checkpoint: profile, file name and the first 12 hex digits of its SHA-256."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"{profile}:{Path(path).name}@{digest.hexdigest()[:12]}"
+
+
+class ASRWorker:
+    """Speech recognizer actor: faster-whisper (its pooled encoder states are the lite audio vector) or scripted."""
+
+    def __init__(
+        self, cfg: Config, threads: int = 1, wait_ms: float = 10.0, max_batch: int = 16, script: Any = None
+    ) -> None:
+        from magtkd_stream.asr import build_asr
+
+        _pin_threads(threads)
+        self.cfg = cfg
+        self.asr = build_asr(cfg.encoders.asr, script=script, cpu_threads=threads)
+        self.batcher = MicroBatcher(self.asr.transcribe_batch, wait_ms / 1000, max_batch, "asr")
+
+    def dim(self) -> int:
+        """Width of the audio vector ASR yields (0: none; then audio has its own encoder)."""
+        return int(getattr(self.asr, "dim", 0) or 0)
+
+    async def transcribe(self, waveform: np.ndarray) -> Any:
+        """ASRResult of one utterance, batched with concurrent calls from other sessions."""
+        return (await self.batcher.submit([waveform]))[0]
+
+    async def transcribe_batch(self, waveforms: Sequence[np.ndarray]) -> list[Any]:
+        return await self.batcher.submit(list(waveforms))
+
+    async def warmup(self) -> dict[str, Any]:
+        """A real pass (audible noise for Whisper; silence for a scripted ASR, which keeps its script intact)."""
+        from magtkd_stream.asr import WhisperASR
+
+        t0 = time.perf_counter()
+        if isinstance(self.asr, WhisperASR):
+            noise = np.random.default_rng(0).normal(0, 0.05, 16000).astype(np.float32)
+            await self.batcher.submit([np.clip(noise, -1, 1)])
+        else:
+            await self.batcher.submit([np.zeros(16000, dtype=np.float32)])
+        return {"warmup_ms": (time.perf_counter() - t0) * 1e3}
+
+    async def ping(self) -> dict[str, Any]:
+        return {"ok": True, "batches": self.batcher.batches, "items": self.batcher.items}
+
+
+class EncoderWorker:
+    """One modality's backbone encoder (any Encoder from build_encoder) with trained weights if the checkpoint has them."""
+
+    def __init__(
+        self,
+        modality: str,
+        cfg: Config,
+        checkpoint: Optional[str] = None,
+        threads: int = 1,
+        num_gpus: float = 0.0,
+        wait_ms: float = 10.0,
+        max_batch: int = 16,
+    ) -> None:
+        import torch
+
+        from magtkd_stream.encoders import build_encoder
+
+        _pin_threads(threads)
+        torch.manual_seed(cfg.seed)  # random-init encoders (tiny profile) come out the same after a restart
+        self.modality = modality
+        self.encoder = build_encoder(modality, cfg)
+        if checkpoint is not None:
+            self._load_trained(checkpoint)
+        self.encoder.to(_device(num_gpus)).eval()
+        self.batcher = MicroBatcher(self._encode_batch, wait_ms / 1000, max_batch, f"{modality}-encoder")
+
+    def _load_trained(self, path: str) -> None:
+        from magtkd_stream.checkpoint import load_checkpoint
+
+        state = load_checkpoint(path).state_dict(f"{self.modality}.encoder")
+        if not state:
+            return  # a frozen backbone: the checkpoint holds only heads
+        result = self.encoder.load_state_dict(state, strict=False)
+        if result.unexpected_keys:
+            raise ValueError(
+                f"checkpoint {path}: {len(result.unexpected_keys)} {self.modality} encoder tensors do not fit the "
+                f"configured encoder (first: {result.unexpected_keys[0]}); is it from another profile?"
+            )
+        log.info("%s encoder: %d fine-tuned tensors loaded from %s", self.modality, len(state), path)
+
+    def dim(self) -> int:
+        return int(self.encoder.dim)
+
+    def _encode_batch(self, items: list[Any]) -> list[tuple[np.ndarray, bool]]:
+        out = self.encoder.encode(items)
+        vectors = out.vectors.detach().float().cpu().numpy()
+        present = out.present.detach().cpu().numpy().astype(bool)
+        return [(vectors[i], bool(present[i])) for i in range(len(items))]
+
+    async def encode(self, items: Sequence[Any]) -> tuple[np.ndarray, np.ndarray]:
+        """(vectors (n, dim) float32, present (n,) bool) for TextInput / AudioInput / VideoInput items."""
+        results = await self.batcher.submit(list(items))
+        if not results:
+            return np.zeros((0, self.dim()), np.float32), np.zeros(0, bool)
+        return np.stack([v for v, _ in results]), np.array([p for _, p in results], dtype=bool)
+
+    async def warmup(self) -> dict[str, Any]:
+        from magtkd_stream.encoders import AudioInput, TextInput, VideoInput
+
+        dummy: Any
+        if self.modality == "text":
+            dummy = TextInput("A", "Hello there, how are you?", [("B", "Fine, thanks.")])
+        elif self.modality == "audio":
+            dummy = AudioInput(np.clip(np.random.default_rng(0).normal(0, 0.05, 16000), -1, 1).astype(np.float32))
+        else:
+            dummy = VideoInput([np.full((96, 96, 3), 128, dtype=np.uint8)] * 2)
+        t0 = time.perf_counter()
+        await self.encode([dummy])
+        return {"warmup_ms": (time.perf_counter() - t0) * 1e3}
+
+    async def ping(self) -> dict[str, Any]:
+        return {"ok": True, "batches": self.batcher.batches, "items": self.batcher.items}
+
+
+class FusionWorker:
+    """Trained heads + MAGT with one SessionWindow per session: predicts each new utterance causally.
+
+    Without a checkpoint the heads and MAGT are randomly initialised (a loud
+    warning; model id "untrained"), so events still flow end to end.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        encoder_dims: Mapping[str, int],
+        checkpoint: Optional[str] = None,
+        window: int = 0,
+        threads: int = 1,
+        wait_ms: float = 10.0,
+        max_batch: int = 16,
+    ) -> None:
+        import torch
+
+        from magtkd_stream.fusion import FusionModel
+        from magtkd_stream.labels import label_set
+
+        _pin_threads(threads)
+        if checkpoint is not None:
+            from magtkd_stream.checkpoint import load_checkpoint
+
+            ck = load_checkpoint(checkpoint, expect_labels=label_set(cfg.labels), expect_profile=cfg.profile)
+            trained = {m: int(d) for m, d in (ck.extra.get("encoder_dims") or {}).items()}
+            wrong = {m: (trained.get(m), int(d)) for m, d in encoder_dims.items() if trained.get(m) != int(d)}
+            if wrong:
+                raise ValueError(
+                    f"checkpoint {checkpoint} was trained on encoder widths {trained}, but the configured encoders give "
+                    f"{dict(encoder_dims)} (mismatch: {wrong}); use the checkpoint's profile"
+                )
+            self.model = FusionModel.from_checkpoint(ck)
+            self.labels = list(ck.labels)
+            self.model_id = model_id(checkpoint, ck.profile)
+        else:
+            log.warning(
+                "!!! NO CHECKPOINT: fusion heads and MAGT are RANDOMLY INITIALISED; predictions are meaningless "
+                "(model id %r). Set `checkpoint` to a trained file for real results. !!!", UNTRAINED_MODEL_ID,
+            )
+            torch.manual_seed(cfg.seed)
+            self.labels = list(label_set(cfg.labels))
+            self.model = FusionModel(cfg, dict(encoder_dims), len(self.labels)).eval()
+            self.model_id = UNTRAINED_MODEL_ID
+        magt = self.model.cfg.magt
+        # 0 everywhere means "whole dialogue"; a stream has no end, so the position table bounds it.
+        self.window = window or magt.window or magt.max_len
+        self.max_speakers = magt.max_speakers
+        self.windows: dict[str, Any] = {}
+        self.batcher = MicroBatcher(self._fuse_batch, wait_ms / 1000, max_batch, "fusion")
+
+    def info(self) -> dict[str, Any]:
+        return {"model": self.model_id, "labels": list(self.labels), "window": self.window,
+                "trained": self.model_id != UNTRAINED_MODEL_ID}
+
+    def _window(self, session: str) -> Any:
+        from magtkd_stream.fusion import SessionWindow
+
+        if session not in self.windows:
+            self.windows[session] = SessionWindow(self.window, self.max_speakers)
+        return self.windows[session]
+
+    def _fuse_batch(self, items: list[tuple[str, str, dict[str, Optional[np.ndarray]]]]) -> list[dict[str, Any]]:
+        import torch
+
+        from magtkd_stream.encoders.base import MODALITIES
+
+        feats: list[dict[str, Optional[np.ndarray]]] = [{} for _ in items]
+        mprobs: list[dict[str, Optional[dict[str, float]]]] = [{} for _ in items]
+        for m in MODALITIES:
+            rows = [i for i, (_, _, vecs) in enumerate(items) if vecs.get(m) is not None]
+            for i in range(len(items)):
+                feats[i][m] = None
+                mprobs[i][m] = None
+            if not rows:
+                continue
+            x = torch.as_tensor(np.stack([np.asarray(items[i][2][m], dtype=np.float32) for i in rows]))
+            f, logits = self.model.head(m, x)
+            probs = logits.softmax(-1).numpy()
+            for j, i in enumerate(rows):
+                feats[i][m] = f[j].numpy().copy()
+                mprobs[i][m] = self._named(probs[j])
+        fused: list[Optional[dict[str, float]]] = [None] * len(items)
+        group: list[int] = []
+        for i in range(len(items) + 1):  # one session appears at most once per MAGT call: keeps its order
+            if i == len(items) or items[i][0] in {items[k][0] for k in group}:
+                windows = [self.windows[items[k][0]] for k in group]
+                for k, p in zip(group, self.model.predict_last(windows)):
+                    fused[k] = self._named(p)
+                group = []
+            if i < len(items):
+                session, speaker, _ = items[i]
+                self._window(session).push(speaker, feats[i])
+                group.append(i)
+        return [{"probs": fused[i], "modalities": mprobs[i]} for i in range(len(items))]
+
+    def _named(self, probs: np.ndarray) -> dict[str, float]:
+        p = np.asarray(probs, dtype=np.float64)
+        p = p / p.sum()
+        return {name: float(v) for name, v in zip(self.labels, p)}
+
+    async def fuse(self, session: str, speaker: str, vectors: Mapping[str, Optional[np.ndarray]]) -> dict[str, Any]:
+        """Push the utterance's backbone vectors into its session window; fused + per-modality probabilities.
+
+        Returns {"probs": {label: p}, "modalities": {modality: {label: p} | None}}.
+        """
+        return (await self.batcher.submit([(session, speaker, dict(vectors))]))[0]
+
+    async def window_sizes(self) -> dict[str, int]:
+        """Utterances held per session window (introspection for health and tests)."""
+        return {name: len(w.items) for name, w in self.windows.items()}
+
+    async def end_session(self, session: str) -> bool:
+        """Forget a session's window; False if there was none."""
+        return self.windows.pop(session, None) is not None
+
+    async def warmup(self) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        dims = {m: h.proj.in_features for m, h in self.model.heads.items()}
+        await self.fuse(WARMUP_SESSION, "A", {m: np.zeros(d, np.float32) for m, d in dims.items()})
+        await self.end_session(WARMUP_SESSION)
+        return {"warmup_ms": (time.perf_counter() - t0) * 1e3}
+
+    async def ping(self) -> dict[str, Any]:
+        return {"ok": True, "sessions": len(self.windows), "batches": self.batcher.batches, "items": self.batcher.items}

@@ -1,0 +1,253 @@
+"""`magtkd-stream run FILE`: replay a media file through the live pipeline, print and record its events.
+
+The file is decoded into what a live client would send (20 ms audio chunks,
+timed BGR frames) and pushed into the same PipelineSink the websocket gateway
+uses, at real-time pace by default (so latencies are those a live user would
+see) or as fast as the actors allow. Events come back over an in-process
+EventBus subscription: each utterance prints one compact line, every event is
+written as JSONL, and a summary closes the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Mapping, Optional, Union
+
+import numpy as np
+
+from actors.media import AudioChunk, Frame, decode, probe
+from actors.pipeline import Pipeline
+from actors.sink import PipelineSink
+from magtkd_stream.bus import BusEvent, EventBus
+from magtkd_stream.config import Config
+from magtkd_stream.protocol import make_session_end, make_session_start
+
+PrintFn = Callable[[str], Any]
+
+
+def session_name(path: Union[str, Path]) -> str:
+    """A valid session id from a file name (1-64 of A-Z a-z 0-9 _ . -)."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(path).stem).strip("-.") or "file"
+    return stem[:64]
+
+
+def _clock(seconds: float) -> str:
+    minutes, rest = divmod(max(0.0, seconds), 60)
+    return f"{int(minutes):02d}:{rest:04.1f}"
+
+
+def _short(p: float) -> str:
+    return f"{p:.2f}"[1:] if p < 1 else f"{p:.2f}"
+
+
+def format_event(event: Mapping[str, Any]) -> Optional[str]:
+    """One readable line for an emotion event (None for other events)."""
+    if event.get("type") != "emotion":
+        return None
+    head = f"[{_clock(event['start'])}-{_clock(event['end'])}] Speaker {event.get('speaker') or '?'}: \"{event.get('text', '')}\""
+    latency = f"{event['timing']['e2e_ms']:.0f} ms"
+    if event.get("status") == "failed":
+        return f"{head}  FAILED ({event.get('error', 'unknown error')})  {latency}"
+    parts = []
+    for m in ("text", "audio", "video"):
+        entry = event["modalities"][m]
+        if entry["present"]:
+            parts.append(f"{m} {entry['label']} {_short(entry['probs'][entry['label']])}")
+        else:
+            parts.append(f"{m} \u2014")
+    label = event["label"]
+    return f"{head}  {label} {event['probs'][label]:.2f} ({' | '.join(parts)})  {latency}"
+
+
+def _percentiles(values: list[float]) -> dict[str, Optional[float]]:
+    if not values:
+        return {"p50": None, "p95": None, "max": None}
+    arr = np.asarray(values, dtype=np.float64)
+    return {"p50": round(float(np.percentile(arr, 50)), 1), "p95": round(float(np.percentile(arr, 95)), 1),
+            "max": round(float(arr.max()), 1)}
+
+
+def summarize(events: list[Mapping[str, Any]], media_s: float, wall_s: float) -> dict[str, Any]:
+    """Utterances, failures, emotion distribution, end-to-end and per-stage latency of a run's events."""
+    emotions = [e for e in events if e.get("type") == "emotion"]
+    ok = [e for e in emotions if e.get("status") == "ok"]
+    stages: dict[str, list[float]] = {}
+    for e in ok:
+        for k, v in e["timing"]["stages_ms"].items():
+            stages.setdefault(k, []).append(float(v))
+    return {
+        "utterances": len(emotions),
+        "failed": len(emotions) - len(ok),
+        "emotions": dict(Counter(e["label"] for e in ok).most_common()),
+        "latency_ms": _percentiles([float(e["timing"]["e2e_ms"]) for e in ok]),
+        "stages_ms": {k: _percentiles(v) for k, v in sorted(stages.items())},
+        "media_s": round(media_s, 2),
+        "wall_s": round(wall_s, 2),
+        "model": ok[0]["model"] if ok else (emotions[0]["model"] if emotions else None),
+    }
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    lat = summary["latency_ms"]
+    dist = ", ".join(f"{k} {v}" for k, v in summary["emotions"].items()) or "none"
+    lines = [
+        f"utterances: {summary['utterances']} ({summary['failed']} failed) in {summary['media_s']:.1f} s of media, "
+        f"{summary['wall_s']:.1f} s wall",
+        f"emotions: {dist}",
+    ]
+    if lat["p50"] is not None:
+        lines.append(f"latency (end of speech -> event): p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, max {lat['max']:.0f} ms")
+    if summary.get("events"):
+        lines.append(f"events written to {summary['events']}")
+    return "\n".join(lines)
+
+
+async def replay(
+    sink: PipelineSink,
+    path: Union[str, Path],
+    session: str,
+    speaker: Optional[str],
+    fast: bool,
+    max_fps: float = 10.0,
+    counts: Optional[list] = None,
+) -> None:
+    """Push the file's audio and frames into `sink` for `session`; counts = [media seconds, frames] pushed."""
+    info = probe(path)
+    await sink.open(session, speaker, info.has_video)
+    loop = asyncio.get_running_loop()
+    items = decode(path, video=info.has_video, max_fps=max_fps)
+    batch_size = 25  # decoded items fetched per hop to the decoding thread
+    t0 = loop.time()
+    counts = counts if counts is not None else [0.0, 0]
+    limit = sink.pipeline.stream.shed_video_after
+    done = object()
+    fetch = loop.run_in_executor(None, _take, items, batch_size, done)
+    try:
+        while True:
+            batch = await fetch
+            if not any(x is done for x in batch):  # decode the next items while these are paced out
+                fetch = loop.run_in_executor(None, _take, items, batch_size, done)
+            for item in batch:
+                if item is done:
+                    return
+                when = item.end_s if isinstance(item, AudioChunk) else item.ts
+                if not fast:
+                    delay = t0 + when - loop.time()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                else:  # as fast as the actors take it, without piling up utterances (which would shed video)
+                    await sink.wait_in_flight(session, limit)
+                if isinstance(item, AudioChunk):
+                    await sink.audio(session, item.samples)
+                    counts[0] = item.end_s
+                elif isinstance(item, Frame):
+                    await sink.video(session, item.ts, item.image)
+                    counts[1] += 1
+    finally:
+        await asyncio.gather(fetch, return_exceptions=True)  # the generator may not be closed mid-step
+        items.close()
+        await sink.end(session)
+
+
+def _take(it: Any, n: int, done: object) -> list[Any]:
+    out = []
+    for _ in range(n):
+        try:
+            out.append(next(it))
+        except StopIteration:
+            out.append(done)
+            break
+    return out
+
+
+async def run_file_async(
+    pipeline: Pipeline,
+    path: Union[str, Path],
+    fast: bool = False,
+    out_jsonl: Optional[Union[str, Path]] = None,
+    print_fn: Optional[PrintFn] = print,
+    session: Optional[str] = None,
+    speaker: Optional[str] = "A",
+    max_fps: float = 10.0,
+) -> dict[str, Any]:
+    """Replay one file through a running pipeline; see run_file."""
+    info = probe(path)  # clear errors before anything starts
+    session = session or session_name(path)
+    bus = EventBus(subscriber_queue=1 << 16, replay_buffer=1 << 16)
+    sub = bus.subscribe(session)
+    sink = PipelineSink(pipeline, bus.publish)
+    events: list[dict[str, Any]] = []
+    if out_jsonl:
+        Path(out_jsonl).parent.mkdir(parents=True, exist_ok=True)
+    out = open(out_jsonl, "w", encoding="utf-8") if out_jsonl else None
+
+    async def consume() -> None:
+        while True:
+            item = await sub.get()
+            if not isinstance(item, BusEvent):
+                continue
+            events.append(item.data)
+            if out is not None:
+                out.write(item.text + "\n")
+                out.flush()
+            line = format_event(item.data)
+            if line is not None and print_fn is not None:
+                print_fn(line)
+            if item.data["type"] == "session_end":
+                return
+
+    consumer = asyncio.create_task(consume())
+    started = time.time()
+    bus.start_session(session, make_session_start(session, speaker, info.has_video, 16000, started))
+    reason, counts = "end", [0.0, 0]
+    try:
+        await replay(sink, path, session, speaker, fast, max_fps, counts)
+    except BaseException:
+        reason = "error"
+        raise
+    finally:
+        bus.end_session(session, make_session_end(session, reason, counts[0], int(counts[1]), 0, time.time()))
+        await asyncio.wait_for(consumer, 10.0)
+        sub.close()
+        await sink.close()
+        if out is not None:
+            out.close()
+    summary = summarize(events, counts[0], time.time() - started)
+    summary.update(file=str(path), session=session, events=str(out_jsonl) if out_jsonl else None)
+    if print_fn is not None:
+        print_fn(format_summary(summary))
+    return summary
+
+
+def run_file(
+    cfg: Config,
+    path: Union[str, Path],
+    fast: bool = False,
+    out_jsonl: Optional[Union[str, Path]] = None,
+    print_fn: Optional[PrintFn] = print,
+    *,
+    pipeline: Optional[Pipeline] = None,
+    address: Optional[str] = None,
+    session: Optional[str] = None,
+    speaker: Optional[str] = "A",
+    max_fps: float = 10.0,
+) -> dict[str, Any]:
+    """Replay `path` (audio or video) through the pipeline; print a line per utterance; return the summary.
+
+    Starts a pipeline from `cfg` (local Ray, or `address` / RAY_ADDRESS) unless
+    one is given, and stops what it started. `fast` pushes media as fast as the
+    actors take it instead of at real-time pace. Raises FileNotFoundError or
+    ValueError naming the problem for a missing, undecodable or silent-less file.
+    """
+    probe(path)
+    own = pipeline is None
+    pipe = pipeline or Pipeline.start(cfg, address)
+    try:
+        return asyncio.run(run_file_async(pipe, path, fast, out_jsonl, print_fn, session, speaker, max_fps))
+    finally:
+        if own:
+            pipe.stop()

@@ -1,0 +1,274 @@
+"""PipelineSink: the gateway's SessionSink backed by the Ray actors, one SessionCore per session.
+
+Audio goes through voice activity detection (on a small thread pool, so the
+event loop keeps serving other sessions); every utterance it cuts becomes its
+own task: ASR in parallel with the video (and, without Whisper audio vectors,
+audio) encoder, then the transcript event, then the prompted text encoder
+with the session's earlier transcripts as context, then fusion, then the
+emotion event. Utterances of a session overlap in flight but publish in
+order, and fusion sees them in order, so its sliding window stays causal.
+A failed actor call fails only its utterance, whose emotion event says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Awaitable, Callable, Mapping, Optional
+
+import numpy as np
+
+from actors.pipeline import ActorCallError, Pipeline
+from magtkd_stream.encoders.base import MODALITIES, AudioInput, TextInput, VideoInput
+from magtkd_stream.protocol import make_emotion, make_transcript, modality_result
+from magtkd_stream.recognizer_core import SessionCore, UtteranceJob
+
+log = logging.getLogger(__name__)
+
+PublishFn = Callable[[str, Mapping[str, Any]], Any]
+ALL_CONTEXT_TURNS = 32  # earlier transcripts kept per session when the config asks for all of them
+
+
+@dataclass
+class _Session:
+    core: SessionCore
+    speaker: str
+    video: bool
+    tasks: set[asyncio.Task] = field(default_factory=set)
+    transcribed: Optional[asyncio.Future] = None  # the newest utterance's transcript is known
+    published: Optional[asyncio.Future] = None  # the newest utterance's events are out
+    utterances: int = 0
+    failed: int = 0
+
+
+async def _timed(aw: Awaitable[Any]) -> tuple[Any, float]:
+    t0 = time.perf_counter()
+    result = await aw
+    return result, (time.perf_counter() - t0) * 1e3
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ActorCallError):
+        return str(exc)
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"[:500]
+
+
+class PipelineSink:
+    """Implements actors.gateway.SessionSink; `run_file` drives it the same way.
+
+    Speaker: the client's label when given, else the session id (one speaker
+    per publishing connection). `clock` is the wall clock latency is measured with.
+    """
+
+    def __init__(self, pipeline: Pipeline, publish: Optional[PublishFn] = None, clock: Callable[[], float] = time.time,
+                 vad_threads: int = 2) -> None:
+        self.pipeline = pipeline
+        self._publish = publish
+        self.clock = clock
+        self.sessions: dict[str, _Session] = {}
+        self._vad_pool = ThreadPoolExecutor(max_workers=max(1, vad_threads), thread_name_prefix="vad")
+        self._vad_model: Any = None
+        self.model_id: str = pipeline.info["model"]
+        self.num_frames = pipeline.cfg.encoders.video.num_frames
+        # 0 in the config means "the whole dialogue"; the prompt's token budget truncates it anyway.
+        self.context_turns = pipeline.cfg.encoders.text.context_turns or ALL_CONTEXT_TURNS
+
+    # ------------------------------------------------------------ SessionSink
+
+    def attach(self, publish: PublishFn) -> None:
+        self._publish = publish
+
+    async def open(self, session: str, speaker: Optional[str], video: bool) -> None:
+        if session in self.sessions:
+            raise ValueError(f"session {session!r} is already open in this sink")
+        loop = asyncio.get_running_loop()
+        if self._vad_model is None:
+            from faster_whisper.vad import get_vad_model
+
+            self._vad_model = await loop.run_in_executor(self._vad_pool, get_vad_model)
+        name = speaker or session
+        core = SessionCore(
+            session, name, self.pipeline.stream.vad, num_frames=self.num_frames,
+            max_frames=self.pipeline.stream.max_frames, context_turns=self.context_turns,
+            vad_model=self._vad_model, clock=self.clock,
+        )
+        self.sessions[session] = _Session(core, name, video)
+
+    async def audio(self, session: str, samples: np.ndarray, wall: Optional[float] = None) -> None:
+        """Float32 mono 16 kHz samples; `wall`: when they arrived (default now)."""
+        sess = self._session(session)
+        now = self.clock() if wall is None else wall
+        jobs = await asyncio.get_running_loop().run_in_executor(self._vad_pool, sess.core.push_audio, samples, now)
+        self._launch(sess, jobs)
+
+    async def video(self, session: str, ts: float, frame_bgr: np.ndarray) -> None:
+        self._session(session).core.push_frame(ts, frame_bgr)
+
+    async def end(self, session: str) -> None:
+        """Flush the open utterance and return once every event of the session is published."""
+        sess = self.sessions.get(session)
+        if sess is None:
+            return
+        try:
+            jobs = await asyncio.get_running_loop().run_in_executor(self._vad_pool, sess.core.finish, None)
+            self._launch(sess, jobs)
+            while sess.tasks:
+                await asyncio.gather(*list(sess.tasks), return_exceptions=True)
+        finally:
+            del self.sessions[session]
+            try:
+                await self.pipeline.call("fusion", "end_session", session, key=session)
+            except Exception as exc:  # the window is lost with a dead actor anyway
+                log.warning("fusion end_session(%s): %s", session, _describe(exc))
+
+    async def close(self) -> None:
+        """End every open session (server shutdown), then release the VAD threads."""
+        await asyncio.gather(*(self.end(s) for s in list(self.sessions)), return_exceptions=True)
+        self._vad_pool.shutdown(wait=False)
+
+    # ------------------------------------------------------------ per utterance
+
+    def _session(self, session: str) -> _Session:
+        sess = self.sessions.get(session)
+        if sess is None:
+            raise KeyError(f"session {session!r} is not open; call open() first")
+        return sess
+
+    def _launch(self, sess: _Session, jobs: list[UtteranceJob]) -> None:
+        loop = asyncio.get_running_loop()
+        for job in jobs:
+            if job.frames and len(sess.tasks) >= self.pipeline.stream.shed_video_after:
+                log.warning("session %s: %d utterances in flight; utterance %d goes without video",
+                            job.session, len(sess.tasks), job.index)
+                job.frames, job.frame_times = [], []
+            transcribed, published = loop.create_future(), loop.create_future()
+            task = loop.create_task(
+                self._process(sess, job, sess.transcribed, sess.published, transcribed, published),
+                name=f"utt:{job.session}:{job.index}",
+            )
+            sess.transcribed, sess.published = transcribed, published
+            sess.utterances += 1
+            sess.tasks.add(task)
+            task.add_done_callback(sess.tasks.discard)
+
+    def _emit(self, session: str, event: Mapping[str, Any]) -> None:
+        if self._publish is None:
+            raise RuntimeError("PipelineSink has no publish callable; call attach(publish) first")
+        try:
+            self._publish(session, event)
+        except Exception:
+            log.exception("publishing a %s event of session %s failed", event.get("type"), session)
+
+    async def _process(
+        self,
+        sess: _Session,
+        job: UtteranceJob,
+        prev_transcribed: Optional[asyncio.Future],
+        prev_published: Optional[asyncio.Future],
+        transcribed: asyncio.Future,
+        published: asyncio.Future,
+    ) -> None:
+        p = self.pipeline
+        stages: dict[str, float] = {"vad_wait": max(0.0, (job.cut_wall - job.end_wall) * 1e3)}
+        side: dict[str, asyncio.Task] = {}
+        error: Optional[str] = None
+        asr: Any = None
+        try:
+            if job.frames and p.has("video"):
+                side["video"] = asyncio.ensure_future(_timed(p.call("video", "encode", [VideoInput(job.frames)])))
+            if not p.info["audio_from_asr"]:
+                side["audio"] = asyncio.ensure_future(_timed(p.call("audio", "encode", [AudioInput(job.audio)])))
+            try:
+                asr, stages["asr"] = await _timed(p.call("asr", "transcribe", job.audio))
+                job.text = asr.text
+            except Exception as exc:
+                error = f"asr: {_describe(exc)}"
+            sess.core.set_transcript(job.index, job.text or "", job.speaker)
+            if prev_transcribed is not None:
+                await prev_transcribed  # earlier transcripts are this prompt's context
+            if not transcribed.done():
+                transcribed.set_result(None)
+            if error is None and (job.text or "").strip():
+                item = TextInput(job.speaker, job.text or "", sess.core.context_before(job.index))
+                side["text"] = asyncio.ensure_future(_timed(p.call("text", "encode", [item])))
+            if prev_published is not None:
+                await prev_published
+            if asr is not None:
+                self._emit(job.session, make_transcript(job.session, job.index, job.text or "", job.speaker,
+                                                        job.start_s, job.end_s))
+            vectors: dict[str, Optional[np.ndarray]] = {m: None for m in MODALITIES}
+            if asr is not None and p.info["audio_from_asr"] and asr.audio_vector is not None:
+                vectors["audio"] = np.asarray(asr.audio_vector, dtype=np.float32)
+            for m, task in side.items():
+                try:
+                    (vecs, present), stages[m] = await task
+                    if bool(present[0]):
+                        vectors[m] = vecs[0]
+                except Exception as exc:
+                    error = error or f"{m}: {_describe(exc)}"
+            fused: Optional[dict[str, Any]] = None
+            if error is None:
+                try:
+                    fused, stages["fusion"] = await _timed(
+                        p.call("fusion", "fuse", job.session, job.speaker, vectors, key=job.session)
+                    )
+                except Exception as exc:
+                    error = f"fusion: {_describe(exc)}"
+            self._emit(job.session, self._emotion(job, vectors, fused, stages, error))
+        except asyncio.CancelledError:
+            for task in side.values():
+                task.cancel()
+            raise
+        except Exception as exc:  # a bug must cost this utterance only, never the session's order
+            log.exception("utterance %d of session %s failed", job.index, job.session)
+            self._emit(job.session, self._emotion(job, {}, None, stages, f"internal: {_describe(exc)}"))
+        finally:
+            for fut in (transcribed, published):
+                if not fut.done():
+                    fut.set_result(None)
+
+    def _emotion(
+        self,
+        job: UtteranceJob,
+        vectors: Mapping[str, Optional[np.ndarray]],
+        fused: Optional[dict[str, Any]],
+        stages: dict[str, float],
+        error: Optional[str],
+    ) -> dict[str, Any]:
+        sess = self.sessions.get(job.session)
+        if error is not None:
+            if sess is not None:
+                sess.failed += 1
+            log.warning("utterance %d of session %s failed: %s", job.index, job.session, error)
+            modalities = {m: modality_result(False) for m in MODALITIES}
+            probs = None
+        else:
+            assert fused is not None
+            per = fused["modalities"]
+            modalities = {m: modality_result(vectors.get(m) is not None, per.get(m)) for m in MODALITIES}
+            probs = fused["probs"]
+        e2e = max(0.0, (self.clock() - job.end_wall) * 1e3)
+        return make_emotion(
+            job.session, job.index, probs=probs, modalities=modalities, start=job.start_s, end=job.end_s,
+            speaker=job.speaker, text=job.text or "", model=self.model_id,
+            stages_ms={k: round(v, 3) for k, v in stages.items()}, e2e_ms=round(e2e, 3), error=error,
+        )
+
+    def in_flight(self, session: str) -> int:
+        """Utterances of `session` cut but not yet published."""
+        sess = self.sessions.get(session)
+        return len(sess.tasks) if sess is not None else 0
+
+    async def wait_in_flight(self, session: str, limit: int) -> None:
+        """Return once fewer than `limit` utterances of `session` are in flight (back-pressure for replays)."""
+        sess = self.sessions.get(session)
+        while sess is not None and len(sess.tasks) >= max(1, limit):
+            await asyncio.wait(set(sess.tasks), return_when=asyncio.FIRST_COMPLETED)
+
+    def stats(self) -> dict[str, Any]:
+        return {s: {"utterances": x.utterances, "failed": x.failed, "in_flight": len(x.tasks)}
+                for s, x in self.sessions.items()}

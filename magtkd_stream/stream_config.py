@@ -1,0 +1,141 @@
+"""Options of the streaming service (the `stream:` section of a profile), as typed dataclasses.
+
+`Config.stream` is a plain mapping so that each part of the service owns its
+keys; this module gives the pipeline's keys types, defaults and validation
+(unknown keys are errors naming the key). The gateway's limits live under
+`stream.gateway` and are validated by the gateway itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from magtkd_stream.config import ConfigError
+from magtkd_stream.vad import VADConfig
+
+ACTOR_NAMES: tuple[str, ...] = ("asr", "text", "audio", "video", "fusion")
+
+
+def _check(ok: bool, key: str, msg: str) -> None:
+    if not ok:
+        raise ConfigError(f"stream.{key}: {msg}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+@dataclass
+class ActorResources:
+    """Ray resources of one kind of actor; `threads` pins torch / CTranslate2 threads inside it."""
+
+    num_cpus: float = 0.25
+    num_gpus: float = 0.0
+    replicas: int = 1
+    threads: int = 1
+
+    def validate(self, key: str) -> None:
+        _check(_number(self.num_cpus) and self.num_cpus >= 0, f"{key}.num_cpus", f"must be >= 0, got {self.num_cpus!r}")
+        _check(_number(self.num_gpus) and self.num_gpus >= 0, f"{key}.num_gpus", f"must be >= 0, got {self.num_gpus!r}")
+        for name in ("replicas", "threads"):
+            value = getattr(self, name)
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
+            _check(ok, f"{key}.{name}", f"must be an integer >= 1, got {value!r}")
+
+    def ray_options(self) -> dict[str, float]:
+        """What ray.remote(...).options() takes."""
+        return {"num_cpus": float(self.num_cpus), "num_gpus": float(self.num_gpus)}
+
+
+def _default_actors() -> dict[str, ActorResources]:
+    # Whisper does the most work per utterance, so it gets the largest share by default.
+    return {
+        "asr": ActorResources(num_cpus=0.5, threads=2),
+        "text": ActorResources(),
+        "audio": ActorResources(),
+        "video": ActorResources(),
+        "fusion": ActorResources(),
+    }
+
+
+@dataclass
+class StreamConfig:
+    """Everything the Ray pipeline reads: actor resources, batching, segmentation, window, fault handling."""
+
+    actors: dict[str, ActorResources] = field(default_factory=_default_actors)
+    batch_wait_ms: float = 10.0  # how long a batch waits for more requests after its first
+    max_batch: int = 16  # items per encoder batch
+    vad: VADConfig = field(default_factory=VADConfig)
+    window: int = 0  # utterances MAGT sees per prediction; 0 = the checkpoint's (magt.window)
+    max_frames: int = 48  # video frames buffered per session; older ones are thinned, never unbounded
+    shed_video_after: int = 4  # utterances of a session in flight beyond which new ones skip video (overload)
+    max_restarts: int = 3  # Ray restarts of a crashed actor before it is declared dead
+    call_timeout_s: float = 60.0  # an actor call taking longer fails its utterance
+    restart_wait_s: float = 60.0  # how long a call waits for a restarting actor before failing
+    log_to_driver: bool = False  # stream actor logs to the driver's console
+    gateway: dict[str, Any] = field(default_factory=dict)  # websocket limits, validated by the gateway
+
+    def __post_init__(self) -> None:
+        _check(_number(self.batch_wait_ms) and 0 <= self.batch_wait_ms <= 1000, "batch_wait_ms",
+               f"must be in [0, 1000] ms, got {self.batch_wait_ms!r}")
+        for key, low in (("max_batch", 1), ("window", 0), ("max_frames", 1), ("shed_video_after", 1),
+                         ("max_restarts", 0)):
+            value = getattr(self, key)
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+            _check(ok, key, f"must be an integer >= {low}, got {value!r}")
+        for key in ("call_timeout_s", "restart_wait_s"):
+            value = getattr(self, key)
+            _check(_number(value) and value > 0, key, f"must be > 0 seconds, got {value!r}")
+        _check(isinstance(self.log_to_driver, bool), "log_to_driver", f"must be true or false, got {self.log_to_driver!r}")
+        _check(isinstance(self.gateway, dict), "gateway", f"must be a mapping, got {type(self.gateway).__name__}")
+        unknown = sorted(set(self.actors) - set(ACTOR_NAMES))
+        _check(not unknown, f"actors.{unknown[0] if unknown else ''}", f"unknown actor; known: {list(ACTOR_NAMES)}")
+        merged = _default_actors()
+        merged.update(self.actors)
+        self.actors = merged
+        for name, res in self.actors.items():
+            res.validate(f"actors.{name}")
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> "StreamConfig":
+        """Build from `Config.stream`; unknown keys and bad values raise ConfigError naming the key."""
+        data = dict(data or {})
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        _check(not unknown, unknown[0] if unknown else "", f"unknown key; known keys: {sorted(known)}")
+        kwargs: dict[str, Any] = {k: v for k, v in data.items() if k not in ("actors", "vad")}
+        if "actors" in data:
+            kwargs["actors"] = _actors_from(data["actors"])
+        if "vad" in data:
+            kwargs["vad"] = _sub(VADConfig, data["vad"], "vad")
+        try:
+            return cls(**kwargs)
+        except TypeError as exc:  # pragma: no cover - guarded by the key check above
+            raise ConfigError(f"stream: {exc}") from None
+
+    def resources(self, actor: str) -> ActorResources:
+        if actor not in self.actors:
+            raise KeyError(f"unknown actor {actor!r}; known: {list(ACTOR_NAMES)}")
+        return self.actors[actor]
+
+
+def _sub(cls: type, data: Any, key: str) -> Any:
+    _check(isinstance(data, Mapping), key, f"expected a mapping, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    _check(not unknown, f"{key}.{unknown[0] if unknown else ''}", f"unknown key; known keys: {sorted(known)}")
+    try:
+        return cls(**dict(data))
+    except ConfigError as exc:
+        raise ConfigError(f"stream.{exc}") from None
+
+
+def _actors_from(data: Any) -> dict[str, ActorResources]:
+    _check(isinstance(data, Mapping), "actors", f"expected a mapping of actor name -> resources, got {type(data).__name__}")
+    out: dict[str, ActorResources] = {}
+    for name, spec in data.items():
+        _check(name in ACTOR_NAMES, f"actors.{name}", f"unknown actor; known: {list(ACTOR_NAMES)}")
+        out[name] = _sub(ActorResources, spec or {}, f"actors.{name}")
+    return out

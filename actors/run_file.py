@@ -15,6 +15,7 @@ import re
 import time
 from collections import Counter
 from pathlib import Path
+import sys
 from typing import Any, Callable, Mapping, Optional, Union
 
 import numpy as np
@@ -251,3 +252,20 @@ def run_file(
     finally:
         if own:
             pipe.stop()
+
+
+def run_file_cli(cfg: Config, args: Any) -> int:
+    """`magtkd-stream run FILE`: exit 0 on success, 2 with a one-line reason on bad input."""
+    try:
+        summary = run_file(
+            cfg,
+            args.file,
+            fast=args.fast,
+            out_jsonl=args.out,
+            address=args.address,
+            speaker=args.speaker or "A",
+        )
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"magtkd-stream run: {exc}", file=sys.stderr)
+        return 2
+    return 0 if summary.get("utterances", 0) > summary.get("failed", 0) else 1

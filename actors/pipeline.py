@@ -65,7 +65,11 @@ def init_ray(address: Optional[str] = None, log_to_driver: bool = False) -> bool
     if address:
         ray.init(address=address, log_to_driver=log_to_driver)
     else:
-        ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=log_to_driver)
+        # address="local": always a fresh local instance, never a `ray start` cluster
+        # that happens to run on this machine (which would also reject num_cpus).
+        ray.init(
+            address="local", num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=log_to_driver
+        )
     return True
 
 

@@ -85,7 +85,7 @@ async def push(sink: PipelineSink, session: str, audio: np.ndarray, chunk: int =
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
 

@@ -1,0 +1,198 @@
+"""`magtkd-stream serve`: the long-running service — the Ray pipeline behind the websocket gateway.
+
+Start order is cheapest-check-first, so a mistake costs seconds and leaves
+nothing behind: tokens and gateway limits, then the local devices (--mic /
+--camera), then the Ray actors, then the websocket server. Shutdown runs the
+other way on SIGINT or SIGTERM: the local session and every publisher flush
+their last utterance and end, subscribers drain, the gateway closes, and only
+then are the actors (and a Ray this process started) stopped. A second signal
+cuts the graceful part short.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import logging
+import re
+import signal
+import sys
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+from actors.gateway import TOKENS_ENV, Gateway, GatewayConfig
+from actors.local_devices import DeviceError, LocalCamera, LocalMic, LocalSession, open_devices
+from actors.pipeline import Pipeline
+from actors.run_file import format_event
+from actors.sink import PipelineSink
+from magtkd_stream.bus import BusEvent
+from magtkd_stream.config import Config, ConfigError
+
+log = logging.getLogger(__name__)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+SESSION_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # the protocol's session id (schemas/defs.json)
+NO_TOKEN = (
+    "refusing to serve without a client token: pass --token T (repeatable), set {env}=T1,T2, "
+    "or list them under stream.gateway.tokens in the profile; clients must present one of them"
+)
+
+
+class ServeError(RuntimeError):
+    """The service could not come up (e.g. its port is taken); the message says what to change."""
+
+
+def gateway_config(cfg: Config, host: str, port: int, tokens: Sequence[str] = ()) -> GatewayConfig:
+    """The profile's `stream.gateway` limits with the command line's address and extra tokens."""
+    base = GatewayConfig.from_mapping(dict(cfg.stream.get("gateway", {}) or {}))
+    return dataclasses.replace(base, host=host, port=port, tokens=tuple(dict.fromkeys([*base.tokens, *tokens])))
+
+
+def _err(msg: str) -> None:
+    print(f"magtkd-stream serve: {msg}", file=sys.stderr, flush=True)
+
+
+def describe_health(health: Mapping[str, Any]) -> str:
+    """One line: ok or not, model, and each actor's state."""
+    parts = []
+    for name, a in health["actors"].items():
+        parts.append(f"{name} {a['state']}" + (f" {a['ping_ms']:.1f} ms" if "ping_ms" in a else ""))
+    status = "ok" if health["ok"] else "DEGRADED"
+    return f"health: {status}; model {health['model']}, window {health['window']}; " + ", ".join(parts)
+
+
+async def _print_events(gateway: Gateway, session: str, out: Callable[[str], Any]) -> None:
+    """Print the local session's emotion lines as they are published (like `run FILE` does)."""
+    sub = gateway.bus.subscribe(session)
+    try:
+        async for item in sub:
+            if isinstance(item, BusEvent):
+                line = format_event(item.data)
+                if line is not None:
+                    out(line)
+                if item.data["type"] == "session_end":
+                    return
+    finally:
+        sub.close()
+
+
+async def serve(
+    pipeline: Pipeline,
+    gw_cfg: GatewayConfig,
+    *,
+    mic: Optional[LocalMic] = None,
+    camera: Optional[LocalCamera] = None,
+    session: str = "local",
+    stop: Optional[asyncio.Event] = None,
+    out: Callable[[str], Any] = print,
+) -> None:
+    """Serve until `stop` is set, or SIGINT / SIGTERM when `stop` is None; then shut down gracefully."""
+    loop = asyncio.get_running_loop()
+    own_signals = stop is None
+    stop = stop or asyncio.Event()
+    main = asyncio.current_task()
+    signals = {"count": 0}
+
+    def on_signal(signum: int) -> None:
+        signals["count"] += 1
+        if signals["count"] == 1:
+            log.info("%s: shutting down (again to stop at once)", signal.Signals(signum).name)
+            stop.set()
+        elif main is not None:
+            log.warning("%s again: stopping without waiting for open sessions", signal.Signals(signum).name)
+            main.cancel()
+
+    if own_signals:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, on_signal, sig)
+    sink = PipelineSink(pipeline)
+    gateway = Gateway(gw_cfg, sink)
+    local: Optional[LocalSession] = None
+    printer: Optional[asyncio.Task] = None
+    try:
+        try:
+            await gateway.start()
+        except OSError as exc:  # e.g. the port is taken
+            raise ServeError(f"cannot listen on {gw_cfg.host}:{gw_cfg.port}: {exc}") from None
+        host = f"[{gw_cfg.host}]" if ":" in gw_cfg.host else gw_cfg.host
+        out(f"serving ws://{host}:{gateway.port}/ (protocol v1; Ctrl-C to stop)")
+        health = await pipeline.health_async()
+        out(describe_health(health))
+        log.debug("health: %s", json.dumps(health))
+        if mic is not None:
+            local = LocalSession(sink, gateway.bus, session, mic, camera)
+            await local.start()
+            printer = loop.create_task(_print_events(gateway, session, out))
+            out(f"local session {session!r}: {mic.name}{' + camera' if camera else ''}")
+        await stop.wait()
+        out("stopping: flushing open sessions")
+        if local is not None:
+            await local.stop()
+            local = None
+        await gateway.stop()
+        await sink.close()
+        if printer is not None:
+            await asyncio.wait_for(printer, 5.0)
+    finally:
+        if local is not None:  # cancelled or failed mid-way: release the devices at least
+            local.mic.close()
+            if local.camera is not None:
+                local.camera.close()
+        if printer is not None and not printer.done():
+            printer.cancel()
+        if own_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+
+
+def serve_cli(cfg: Config, args: Any) -> int:
+    """The `serve` command; returns the exit status (0 after a clean shutdown)."""
+    try:
+        gw_cfg = gateway_config(cfg, args.host, args.port, args.token)
+    except ConfigError as exc:
+        _err(f"configuration error: {exc}")
+        return EXIT_USAGE
+    if not gw_cfg.accepted_tokens():
+        _err(NO_TOKEN.format(env=TOKENS_ENV))
+        return EXIT_USAGE
+    if (args.mic or args.camera) and not SESSION_ID.fullmatch(args.session):
+        _err(f"--session {args.session!r} is not a valid session id: 1-64 of A-Z a-z 0-9 _ . -")
+        return EXIT_USAGE
+    mic = camera = None
+    if args.mic or args.camera:
+        try:
+            mic, camera = open_devices(args.mic, args.camera)
+        except DeviceError as exc:
+            _err(str(exc))
+            return EXIT_USAGE if args.camera and not args.mic else EXIT_FAILED
+    pipeline: Optional[Pipeline] = None
+    try:
+        try:
+            pipeline = Pipeline.start(cfg, args.address)
+        except ConfigError as exc:
+            _err(f"configuration error: {exc}")
+            return EXIT_USAGE
+        except (FileNotFoundError, TimeoutError, ValueError, ImportError) as exc:
+            _err(f"the pipeline could not start: {exc}")
+            return EXIT_FAILED
+        asyncio.run(serve(pipeline, gw_cfg, mic=mic, camera=camera, session=args.session,
+                          out=lambda line: print(line, flush=True)))
+        print("stopped", flush=True)
+        return EXIT_OK
+    except ServeError as exc:
+        _err(str(exc))
+        return EXIT_FAILED
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        _err("interrupted")
+        return 130
+    finally:
+        for dev in (camera, mic):
+            if dev is not None:
+                dev.close()
+        if pipeline is not None:
+            # A late Ctrl-C must not abort the cleanup half-way and leave Ray processes behind.
+            previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                pipeline.stop()
+            finally:
+                signal.signal(signal.SIGINT, previous)

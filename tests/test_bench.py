@@ -1,0 +1,62 @@
+"""The benchmark's own arithmetic and media preparation (the Ray job itself runs in .ci/bench-job.sh)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("ray")
+pytest.importorskip("av")
+cv2 = pytest.importorskip("cv2")
+
+from actors.bench import SessionRun, client_messages, summarize  # noqa: E402
+from magtkd_stream import protocol as P  # noqa: E402
+
+SAMPLE = Path(__file__).resolve().parents[1] / "demo" / "samples" / "conversation.mp4"
+
+
+def emotion(end: float, e2e_ms: float, stages: dict, status: str = "ok") -> dict:
+    return {"type": "emotion", "end": end, "status": status, "timing": {"e2e_ms": e2e_ms, "stages_ms": stages}}
+
+
+def test_latency_runs_from_sending_the_audio_at_the_utterance_end_to_receiving_its_event() -> None:
+    run = SessionRun("s")
+    run.sent_ends = [0.02 * (i + 1) for i in range(100)]  # 2 s of 20 ms frames
+    run.sent_walls = [1000.0 + 0.02 * (i + 1) + 0.005 for i in range(100)]  # each sent 5 ms after its media end
+    run.events = [
+        (1000.0 + 1.0 + 0.3, emotion(1.0, 290.0, {"asr": 100.0, "fusion": 10.0})),  # frame ending at 1.00 s
+        (1000.0 + 1.51 + 0.5, emotion(1.51, 480.0, {"asr": 300.0, "fusion": 30.0})),  # inside the frame ending 1.52
+        (1000.0 + 1.9, emotion(1.8, 0.0, {}, status="failed")),
+        (1000.0 + 9.0, {"type": "transcript", "end": 1.0}),
+    ]
+    report = summarize([run, SessionRun("idle")])
+    assert report["utterances"] == 3 and report["failed"] == 1 and report["sessions_failed"] == 0
+    assert report["e2e_ms"]["n"] == 2
+    assert report["e2e_ms"]["max"] == pytest.approx(1000 * (1.51 + 0.5 - 1.525), abs=0.1)
+    assert min(report["e2e_ms"]["p50"], report["e2e_ms"]["p95"]) > 295.0 - 0.1  # 300 ms minus the 5 ms send lag
+    assert report["stages_ms"]["asr"]["p50"] == pytest.approx(200.0)
+    assert report["server_e2e_ms"]["max"] == pytest.approx(480.0)
+
+
+def test_an_event_past_the_last_frame_counts_from_the_last_send_and_errors_are_reported() -> None:
+    run = SessionRun("s", sent_ends=[0.02, 0.04], sent_walls=[10.0, 10.02], error="OSError: refused")
+    run.events = [(10.52, emotion(0.05, 1.0, {}))]  # the flushed tail ends after the last frame's end
+    report = summarize([run])
+    assert report["e2e_ms"]["max"] == pytest.approx(500.0, abs=0.1)
+    assert report["sessions_failed"] == 1 and "refused" in report["session_errors"][0]
+
+
+def test_client_messages_are_contiguous_20ms_audio_and_decodable_jpeg_in_media_order() -> None:
+    if not SAMPLE.is_file():
+        pytest.skip(f"{SAMPLE} is missing")
+    msgs = client_messages(str(SAMPLE), seconds=2.0, fps=10.0)
+    assert [m.t for m in msgs] == sorted(m.t for m in msgs)
+    audio = [m for m in msgs if m.audio_end is not None]
+    assert len(audio) == 100 and audio[-1].audio_end == pytest.approx(2.0)
+    assert all(len(P.parse_binary(m.payload).pcm) == 640 for m in audio)  # 320 PCM16 samples = 20 ms
+    video = [P.parse_binary(m.payload) for m in msgs if m.audio_end is None]
+    assert 5 <= len(video) <= 21 and all(v.ts <= 2.0 for v in video)
+    image = cv2.imdecode(np.frombuffer(video[0].jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert image is not None and image.shape[2] == 3

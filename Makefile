@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 run: setup
-	$(VENV)/bin/magtkd-stream run demo/samples/conversation.mp4 --fast --out runs/sample_events.jsonl
+	$(VENV)/bin/magtkd-stream run demo/samples/conversation.mp4 --out runs/sample_events.jsonl
 
 test: setup
 	$(PY) -m pytest -q; rc=$$?; \

@@ -21,12 +21,13 @@ import sys
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from actors.gateway import TOKENS_ENV, Gateway, GatewayConfig
-from actors.local_devices import DeviceError, LocalCamera, LocalMic, LocalSession, open_devices
+from actors.local_devices import LocalSession, open_devices
 from actors.pipeline import Pipeline
 from actors.run_file import format_event
 from actors.sink import PipelineSink
 from magtkd_stream.bus import BusEvent
 from magtkd_stream.config import Config, ConfigError
+from magtkd_stream.devices import Camera, DeviceError, Microphone
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +81,8 @@ async def serve(
     pipeline: Pipeline,
     gw_cfg: GatewayConfig,
     *,
-    mic: Optional[LocalMic] = None,
-    camera: Optional[LocalCamera] = None,
+    mic: Optional[Microphone] = None,
+    camera: Optional[Camera] = None,
     session: str = "local",
     stop: Optional[asyncio.Event] = None,
     out: Callable[[str], Any] = print,

@@ -39,8 +39,10 @@ from demo.live_messages import (
     JPEG_QUALITY, AudioFramer, EventView, check_hello, describe, end_message, publisher_hello, subscriber_hello,
     video_message,
 )
-from demo.live_sources import AudioItem, CameraSource, DeviceError, MicSource, VideoItem, iter_media, open_media
+from demo import live_sources
+from demo.live_sources import AudioItem, VideoItem, iter_media, open_media
 from demo.live_view import display_available, run_in_window
+from magtkd_stream.devices import Camera, DeviceError, Microphone
 from magtkd_stream.protocol import NATIVE_SAMPLE_RATE, ProtocolError
 
 log = logging.getLogger("demo.live_client")
@@ -85,7 +87,7 @@ class ClientResult:
 class LiveClient:
     """One publishing session plus its subscription; run() is a coroutine, the window lives in another thread."""
 
-    def __init__(self, opts: ClientOptions, mic: Optional[MicSource] = None, camera: Optional[CameraSource] = None) -> None:
+    def __init__(self, opts: ClientOptions, mic: Optional[Microphone] = None, camera: Optional[Camera] = None) -> None:
         """mic/camera: sources to use instead of the ones opts name (objects with the same open/start/close)."""
         if not 20 <= opts.frame_ms <= 40:
             raise ValueError(f"frame_ms must be in [20, 40] ms, got {opts.frame_ms}")
@@ -212,7 +214,7 @@ class LiveClient:
                 await asyncio.sleep(0)  # let the readers run
             await self._send_item(ws, item, framer)
 
-    async def _send_devices(self, ws, framer: AudioFramer, mic: MicSource, camera: Optional[CameraSource]) -> None:
+    async def _send_devices(self, ws, framer: AudioFramer, mic: Microphone, camera: Optional[Camera]) -> None:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue = asyncio.Queue()
         t0 = time.monotonic()
@@ -244,17 +246,17 @@ class LiveClient:
 
     # -------------------------------------------------------------- the session
 
-    def _open_sources(self) -> tuple[Optional[MicSource], Optional[CameraSource]]:
+    def _open_sources(self) -> tuple[Optional[Microphone], Optional[Camera]]:
         """Open the devices (or check the file) before connecting, so device errors come first."""
         if self.opts.file is not None:
             _, has_video = open_media(self.opts.file)
             self._rate, self._video = NATIVE_SAMPLE_RATE, self.opts.video and has_video
             return None, None
-        mic = self._given[0] or MicSource(self.opts.mic, self.opts.frame_ms)
+        mic = self._given[0] or live_sources.microphone(self.opts.mic, self.opts.frame_ms)
         self._rate = mic.open()
         camera = None
         if self.opts.video:
-            camera = self._given[1] or CameraSource(self.opts.camera, self.opts.fps)
+            camera = self._given[1] or live_sources.camera(self.opts.camera, self.opts.fps)
             try:
                 camera.open()
             except DeviceError:
@@ -298,7 +300,7 @@ class LiveClient:
             raise ServerError(f"the server ended the session: {fatal[0].get('code')}: {fatal[0].get('message')}")
         return self.result
 
-    async def _publish(self, ws, mic: Optional[MicSource], camera: Optional[CameraSource]) -> None:
+    async def _publish(self, ws, mic: Optional[Microphone], camera: Optional[Camera]) -> None:
         from websockets.exceptions import ConnectionClosed
 
         framer = AudioFramer(self._rate * self.opts.frame_ms // 1000)

@@ -13,18 +13,23 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from magtkd_stream.config import ConfigError
+from magtkd_stream.config import _check as _check_key
 from magtkd_stream.vad import VADConfig
 
 ACTOR_NAMES: tuple[str, ...] = ("asr", "text", "audio", "video", "fusion")
 
 
 def _check(ok: bool, key: str, msg: str) -> None:
-    if not ok:
-        raise ConfigError(f"stream.{key}: {msg}")
+    """config's check, with keys named from the top of the profile (stream.<key>)."""
+    _check_key(ok, f"stream.{key}", msg)
 
 
 def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -41,8 +46,7 @@ class ActorResources:
         _check(_number(self.num_gpus) and self.num_gpus >= 0, f"{key}.num_gpus", f"must be >= 0, got {self.num_gpus!r}")
         for name in ("replicas", "threads"):
             value = getattr(self, name)
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 1
-            _check(ok, f"{key}.{name}", f"must be an integer >= 1, got {value!r}")
+            _check(_integer(value) and value >= 1, f"{key}.{name}", f"must be an integer >= 1, got {value!r}")
 
     def ray_options(self) -> dict[str, float]:
         """What ray.remote(...).options() takes."""
@@ -83,8 +87,7 @@ class StreamConfig:
         for key, low in (("max_batch", 1), ("window", 0), ("max_frames", 1), ("shed_video_after", 1),
                          ("max_restarts", 0)):
             value = getattr(self, key)
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
-            _check(ok, key, f"must be an integer >= {low}, got {value!r}")
+            _check(_integer(value) and value >= low, key, f"must be an integer >= {low}, got {value!r}")
         for key in ("call_timeout_s", "restart_wait_s"):
             value = getattr(self, key)
             _check(_number(value) and value > 0, key, f"must be > 0 seconds, got {value!r}")

@@ -26,10 +26,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from demo import live_client, live_messages, make_sample  # noqa: E402
-from demo.live_sources import CameraSource, DeviceError, iter_media  # noqa: E402
+from demo import live_client, live_messages, live_sources, make_sample  # noqa: E402
+from demo.live_sources import iter_media  # noqa: E402
 from demo.live_view import draw_overlay  # noqa: E402
 from magtkd_stream import protocol as P  # noqa: E402
+from magtkd_stream.devices import DeviceError  # noqa: E402
 from magtkd_stream.schema import check  # noqa: E402
 from training.data.media import load_audio, load_frames, probe  # noqa: E402
 from training.data.types import MediaSpan  # noqa: E402
@@ -354,7 +355,7 @@ def test_client_names_missing_inputs(tmp_path: Path, capsys) -> None:
     assert live_client.main(["--file", str(MEDIA), "--token", TOKEN, "--session", "a b", "--no-window"]) == 2
     assert "session" in capsys.readouterr().err
     with pytest.raises(DeviceError, match="--no-video"):
-        CameraSource(index=97).open()
+        live_sources.camera(97).open()
 
 
 def test_file_items_are_16k_frames_in_media_time_order() -> None:

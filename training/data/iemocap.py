@@ -37,7 +37,7 @@ from typing import Iterable
 from magtkd_stream.labels import IEMOCAP_LABELS
 
 from .media import MediaError, probe
-from .meld import read_csv_rows, row_problem
+from .meld import check_splits, read_csv_rows, row_problem
 from .types import Dataset, Dialogue, LoadReport, MediaSpan, Utterance
 
 logger = logging.getLogger(__name__)
@@ -137,10 +137,7 @@ def load_iemocap(
     counted missing_clip warning; probe_clips also opens each file's header once.
     """
     csv_path = Path(csv_path)
-    splits = tuple(splits)
-    bad = [s for s in splits if s not in SPLITS]
-    if bad or not splits:
-        raise ValueError(f"unknown IEMOCAP split(s) {bad or splits}; expected some of {list(SPLITS)}")
+    splits = check_splits(splits, SPLITS, "IEMOCAP")
     if not csv_path.is_file():
         raise FileNotFoundError(f"IEMOCAP CSV {csv_path} not found (layout: see docs/DATASETS.md)")
     report = LoadReport("iemocap")

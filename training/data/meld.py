@@ -42,6 +42,15 @@ CLIP_FOLDERS: dict[str, str] = {
 }
 
 
+def check_splits(splits: Iterable[str], known: Iterable[str], dataset: str) -> tuple[str, ...]:
+    """The requested splits as a tuple; none, or an unknown one, is a ValueError naming the known splits."""
+    splits, known = tuple(splits), list(known)
+    unknown = [s for s in splits if s not in known]
+    if unknown or not splits:
+        raise ValueError(f"unknown {dataset} split(s) {unknown or splits}; expected some of {known}")
+    return splits
+
+
 def read_csv_rows(path: Path, required: Sequence[str], expected: Sequence[str]) -> list[tuple[int, dict]]:
     """(line number, row) pairs of a CSV; a header lacking required columns is a ValueError.
 
@@ -194,10 +203,7 @@ def load_meld(
     probe_clips=False only checks that the file exists (faster on a slow disk).
     """
     root = Path(root)
-    splits = tuple(splits)
-    unknown = [s for s in splits if s not in CSV_NAMES]
-    if unknown or not splits:
-        raise ValueError(f"unknown MELD split(s) {unknown or splits}; expected some of {list(CSV_NAMES)}")
+    splits = check_splits(splits, CSV_NAMES, "MELD")
     if not root.is_dir():
         raise FileNotFoundError(f"MELD root {root} is not a folder; it should hold {list(CSV_NAMES.values())}")
     clips = Path(clips_root) if clips_root is not None else None

@@ -64,6 +64,17 @@ def _speech_files(root: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in AUDIO_EXTENSIONS and p.is_file())
 
 
+def _dataset(name: str, labels: tuple[str, ...], out: dict[str, list[Dialogue]], report: LoadReport, source: Path,
+             item: str, actors: dict[int, str]) -> Dataset:
+    """Count what each split got; a load that kept nothing is an error, not an empty dataset."""
+    for split, dialogues in out.items():
+        report.count(split, dialogues)
+    if not any(out.values()):
+        raise ValueError(f"{source}: no usable {item} for actors {sorted(actors)}; see the warnings above")
+    logger.info("loaded %s from %s: %s", name, source, report.summary())
+    return Dataset(name=name, labels=labels, splits=out, report=report)
+
+
 def load_ravdess_speech(
     root: str | Path,
     train_actors: Iterable[int] = range(1, 17),
@@ -109,12 +120,7 @@ def load_ravdess_speech(
         utt = Utterance(uid=f"ravdess/{split}/{path.stem}", speaker=f"actor{parts[6]}", text=text,
                         label=to_index[RAVDESS_CODES[parts[2]]], audio=MediaSpan(str(path)))
         out[split].append(Dialogue(did=path.stem, split=split, source="ravdess", utterances=[utt]))
-    for split, dialogues in out.items():
-        report.count(split, dialogues)
-    if not any(out.values()):
-        raise ValueError(f"{root}: no usable RAVDESS clip for actors {sorted(actors)}; see the warnings above")
-    logger.info("loaded ravdess speech from %s: %s", root, report.summary())
-    return Dataset(name="ravdess", labels=labels, splits=out, report=report)
+    return _dataset("ravdess", labels, out, report, root, "RAVDESS clip", actors)
 
 
 def load_ravdess_paired(
@@ -171,9 +177,4 @@ def load_ravdess_paired(
                         label=to_index[RAVDESS_CODES[parts[2]]], audio=audio,
                         arrays={"au": row[AU_COLUMNS], "mfcc": row[MFCC_COLUMNS]})
         out[split].append(Dialogue(did=cid, split=split, source="ravdess_av", utterances=[utt]))
-    for split, dialogues in out.items():
-        report.count(split, dialogues)
-    if not any(out.values()):
-        raise ValueError(f"{npz_path}: no usable row for actors {sorted(actors)}; see the warnings above")
-    logger.info("loaded ravdess paired features from %s: %s", npz_path, report.summary())
-    return Dataset(name="ravdess_av", labels=labels, splits=out, report=report)
+    return _dataset("ravdess_av", labels, out, report, npz_path, "row", actors)

@@ -42,7 +42,9 @@ def _clock(seconds: float) -> str:
 
 
 def _short(p: float) -> str:
-    return f"{p:.2f}"[1:] if p < 1 else f"{p:.2f}"
+    """Probability without the leading zero (".42"); "1.00" once it rounds up to one."""
+    text = f"{p:.2f}"
+    return text[1:] if text.startswith("0") else text
 
 
 def format_event(event: Mapping[str, Any]) -> Optional[str]:

@@ -84,3 +84,22 @@ def test_micro_batcher_merges_concurrent_requests_and_isolates_failures() -> Non
     assert calls[0] == [0, 100, 1, 101, 2, 102, 3, 103]  # one batch for four sessions
     assert mixed[0] == [10] and mixed[2] == [20]
     assert isinstance(mixed[1], ValueError)
+
+
+def test_event_line_shows_probabilities_that_round_to_one() -> None:
+    from actors.run_file import format_event
+
+    probs = {"joy": 0.996, "anger": 0.004}
+    event = {
+        "type": "emotion", "session": "s", "utterance": 0, "start": 0.0, "end": 1.5, "speaker": "A",
+        "text": "great", "label": "joy", "probs": probs, "status": "ok",
+        "modalities": {
+            "text": {"present": True, "label": "joy", "probs": probs},
+            "audio": {"present": True, "label": "anger", "probs": {"joy": 0.58, "anger": 0.42}},
+            "video": {"present": False, "label": None, "probs": None},
+        },
+        "timing": {"stages_ms": {}, "e2e_ms": 321.0},
+    }
+    line = format_event(event)
+    assert line is not None
+    assert "text joy 1.00" in line and "audio anger .42" in line and "video \u2014" in line

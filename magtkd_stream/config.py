@@ -216,10 +216,14 @@ class Stage2Config(StageConfig):
     windows: list[int] = field(default_factory=lambda: [0, 2, 4, 8])  # dev windows reported; 0 = full context
     train_window: Optional[int] = None  # context MAGT trains with; None = magt.window; 0 = full context
     select_metric: str = "weighted_f1"  # dev metric that picks the epoch (never test)
+    pair_prob: float = 0.0  # lend absent modalities from same-class utterances of other sources (training/pairing.py)
+    pair_agree: float = 0.5  # share of lent vectors that come from the utterance's own class
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(len(self.windows) > 0, "train.stage2.windows", "must list at least one window (0 = full context)")
+        _check(0.0 <= self.pair_prob <= 1.0, "train.stage2.pair_prob", f"must be in [0, 1], got {self.pair_prob}")
+        _check(0.0 <= self.pair_agree <= 1.0, "train.stage2.pair_agree", f"must be in [0, 1], got {self.pair_agree}")
         _check(
             all(isinstance(w, int) and not isinstance(w, bool) and w >= 0 for w in self.windows),
             "train.stage2.windows",

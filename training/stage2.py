@@ -38,6 +38,7 @@ from training.features import (
     load_heads,
 )
 from training.metrics import compute_metrics, save_confusion_png
+from training.pairing import pair_modalities
 from training.runs import RunFolder, progress, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
@@ -267,7 +268,9 @@ def train_stage2(
             break
         t0 = time.time()
         rng = np.random.default_rng([cfg.seed, epoch])  # epoch order does not depend on what ran before
-        loader = torch.utils.data.DataLoader(train, batch_sampler=_batches(len(train), s2.batch_size, rng),
+        epoch_train = pair_modalities(train, kinds, cfg.feature_dim, s2.pair_prob, s2.pair_agree,
+                                      np.random.default_rng([cfg.seed, epoch, 1]))
+        loader = torch.utils.data.DataLoader(epoch_train, batch_sampler=_batches(len(train), s2.batch_size, rng),
                                              collate_fn=collate, num_workers=s2.num_workers)
         losses = _train_one_epoch(model, loader, optimizer, scheduler, cfg, window, device, epoch)
         dev_m = score(predict(model, dev, kinds, window, s2.batch_size, device, "dev"), labels, window)

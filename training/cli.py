@@ -1,0 +1,451 @@
+"""`magtkd-train` (also `python -m training`): every training step from one entry point.
+
+    magtkd-train all --recipe configs/train_smoke.yaml --synthetic runs/synth
+    magtkd-train all --recipe configs/train_meld_full.yaml --meld DATA/MELD.Raw --meld-clips DATA/MELD.Raw
+    magtkd-train stage1 --modality text --recipe R --meld DIR --run-dir runs/x
+    magtkd-train stage1 --modality audio --teacher runs/x/checkpoints/best-stage1-text.safetensors ...
+    magtkd-train extract --run-dir runs/x --meld DIR      (stage-1 checkpoints of the run folder)
+    magtkd-train stage2 --run-dir runs/x                  (features of the run folder)
+    magtkd-train evaluate --checkpoint runs/x/checkpoints/stream.safetensors --features runs/x/features --window 8
+    magtkd-train paired --paired DATA/ravdess/ravdess_au_mfcc_actors01-20.npz
+    magtkd-train lite --data ../shared/data               (the shipped lite checkpoint)
+
+A recipe is a full configuration file (profile, encoders, magt, kd, train);
+data locations are flags, never config keys. `--profile-override tiny` swaps in
+configs/tiny.yaml's encoders, magt and feature_dim (keeping the recipe's
+trainable_layers and magt.window, so the same training path runs) to try a
+full recipe in seconds. Wrong configuration or data paths exit with code 2 and
+one line naming the problem; a failure during training exits with code 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+from magtkd_stream.config import Config, ConfigError
+from magtkd_stream.labels import label_set
+from training.recipe_inputs import Limits, load_recipe
+
+log = logging.getLogger("training.cli")
+
+STAGE1_KINDS = ("text", "audio", "video", "audio_kd", "video_kd")
+
+
+class UsageError(Exception):
+    """The command line, the recipe or a data path is wrong: reported in one line, exit code 2."""
+
+
+# ------------------------------------------------------------------ arguments
+def _common(p: argparse.ArgumentParser, recipe_help: str) -> None:
+    p.add_argument("--recipe", default=None, help=recipe_help)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a recipe value, e.g. --set train.stage2.epochs=5 (repeatable)")
+    p.add_argument("--profile-override", default=None, metavar="PROFILE",
+                   help="swap in a profile's encoders, magt and feature_dim (e.g. tiny), keeping the recipe's "
+                        "trainable_layers and magt.window")
+    p.add_argument("--run-dir", type=Path, default=None, help="run folder to use (default: a new one under --runs-root)")
+    p.add_argument("--runs-root", type=Path, default=Path("runs"), help="where new run folders go (default runs/)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir where it stopped")
+    p.add_argument("--seed", type=int, default=None, help="random seed (overrides the recipe's)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging on the console")
+
+
+def _data(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("data (exactly one of --meld, --iemocap, --synthetic)")
+    g.add_argument("--meld", type=Path, help="folder with MELD's train/dev/test_sent_emo.csv")
+    g.add_argument("--meld-clips", type=Path, help="folder holding MELD's clip folders (train_splits/, ...)")
+    g.add_argument("--iemocap", type=Path, help="the IEMOCAP index CSV (docs/DATASETS.md)")
+    g.add_argument("--synthetic", type=Path, help="synthetic MELD-layout folder; generated there if missing")
+    g.add_argument("--synthetic-dialogues", type=int, default=6, help="dialogues per split when generating")
+    g.add_argument("--synthetic-defects", action="store_true",
+                   help="generate one corrupt, one missing and one over-long clip")
+    g.add_argument("--max-clip-s", type=float, default=30.0,
+                   help="MELD clips longer than this are cut to it, with a logged warning (default 30)")
+    _limits(g)
+
+
+def _limits(g: Any) -> None:
+    g.add_argument("--limit-per-split", type=int, default=None, metavar="N",
+                   help="use at most N dialogues of every split of every source (quick runs)")
+    g.add_argument("--limit", action="append", default=[], metavar="SOURCE[:SPLIT]=N",
+                   help="at most N dialogues of a source (or one of its splits), e.g. meld:train=200")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="magtkd-train", description="Train and evaluate MAGTKD models.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    need = "recipe YAML (configs/train_*.yaml or a path); default: the run folder's config.yaml"
+
+    p = sub.add_parser("all", help="stage 1 -> extract -> stage 2 -> evaluate in one run folder")
+    _common(p, need)
+    _data(p)
+    p.add_argument("--export", type=Path, default=None, help="also copy the streaming checkpoint here")
+
+    p = sub.add_parser("stage1", help="train one stage-1 model (a teacher, or a student with --teacher)")
+    _common(p, need)
+    _data(p)
+    p.add_argument("--modality", required=True, choices=("text", "audio", "video"))
+    p.add_argument("--teacher", type=Path, default=None, help="stage-1 checkpoint of the teacher: train with KD")
+    p.add_argument("--name", default=None, help="model name in the run folder (default: modality[_kd])")
+
+    p = sub.add_parser("extract", help="write stage-1 features of every split for stage 2")
+    _common(p, need)
+    _data(p)
+    p.add_argument("--stage1", action="append", default=[], metavar="KIND=CHECKPOINT",
+                   help=f"stage-1 checkpoint per kind {list(STAGE1_KINDS)} (default: those in --run-dir)")
+    p.add_argument("--out", type=Path, default=None, help="features folder (default RUN/features)")
+
+    p = sub.add_parser("stage2", help="train MAGT on extracted features")
+    _common(p, need)
+    p.add_argument("--features", type=Path, action="append", default=[],
+                   help="features folder with train/dev[/test].safetensors (repeatable: a mixture; "
+                        "default RUN/features or its per-source subfolders)")
+
+    p = sub.add_parser("evaluate", help="score a streaming checkpoint on a features split")
+    _common(p, "recipe for batch size and device (default: the checkpoint's own config)")
+    p.add_argument("--checkpoint", type=Path, default=None,
+                   help="checkpoint (default RUN/checkpoints/stream.safetensors)")
+    p.add_argument("--features", type=Path, default=None, help="features folder (default RUN/features)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--window", type=int, action="append", default=None,
+                   help="context window, 0 = full dialogue (repeatable; default: the checkpoint's)")
+
+    p = sub.add_parser("paired", help="RAVDESS face-AU -> voice-MFCC distillation experiment")
+    _common(p, "recipe whose kd section gives the KD weights (default configs/train_lite.yaml)")
+    p.add_argument("--paired", type=Path, default=None, help="ravdess_au_mfcc_actors01-20.npz")
+    p.add_argument("--data", type=Path, default=None, help="data root holding ravdess/ (default $MAGTKD_DATA)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=None, help="epochs per model (default 60)")
+    p.add_argument("--w-soft", type=float, default=None)
+    p.add_argument("--w-feat", type=float, default=None)
+
+    p = sub.add_parser("lite", help="the lite multi-source recipe (MELD text, RAVDESS speech, FER2013 faces)")
+    _common(p, "recipe (default configs/train_lite.yaml)")
+    g = p.add_argument_group("data")
+    g.add_argument("--data", type=Path, default=None,
+                   help="root holding meld/, ravdess/, fer2013/ (default $MAGTKD_DATA)")
+    g.add_argument("--meld", type=Path, default=None, help="MELD CSV folder (default DATA/meld)")
+    g.add_argument("--ravdess", type=Path, default=None, help="RAVDESS folder with speech_16k/ (default DATA/ravdess)")
+    g.add_argument("--fer", type=Path, default=None, help="FER2013 .npz folder (default DATA/fer2013)")
+    _limits(g)
+    g.add_argument("--stage2-limit", action="append", default=[], metavar="SOURCE[:SPLIT]=N",
+                   help="at most N dialogues of a source in stage 2 only, e.g. fer2013:train=6000")
+    p.add_argument("--export", type=Path, default=None, help="where to copy the checkpoint "
+                                                              "(default magtkd_stream/assets/lite.safetensors)")
+    p.add_argument("--no-export", action="store_true", help="leave the shipped checkpoint alone")
+    return parser
+
+
+# ------------------------------------------------------------------ helpers
+def _config(args: argparse.Namespace, default: Optional[str] = None) -> Config:
+    ref = args.recipe
+    if ref is None and args.run_dir is not None and (args.run_dir / "config.yaml").is_file():
+        ref = args.run_dir / "config.yaml"
+    ref = ref or default
+    if ref is None:
+        raise UsageError(f"{args.command}: give --recipe (e.g. configs/train_smoke.yaml) or a --run-dir with a "
+                         "config.yaml")
+    return load_recipe(ref, args.overrides, args.profile_override, args.seed)
+
+
+def _run_folder(args: argparse.Namespace, cfg: Config, name: str) -> Any:
+    from training.runs import RunFolder
+
+    if args.run_dir is not None:
+        return RunFolder(args.run_dir)
+    return RunFolder.create(args.runs_root, name)
+
+
+def _limits_of(args: argparse.Namespace) -> Any:
+    try:
+        return Limits.parse(args.limit, args.limit_per_split)
+    except ValueError as exc:
+        raise UsageError(f"--limit / --limit-per-split: {exc}") from None
+
+
+def _exists(path: Optional[Path], flag: str, kind: str = "folder") -> Optional[Path]:
+    if path is None:
+        return None
+    ok = path.is_dir() if kind == "folder" else path.is_file()
+    if not ok:
+        raise UsageError(f"{flag} {path}: no such {kind}")
+    return path
+
+
+def load_dataset(args: argparse.Namespace, cfg: Config) -> Any:
+    """The one dataset of a single-source command, subsampled by --limit*; bad paths are UsageErrors."""
+    from training.data import load_iemocap, load_meld
+    from training.recipe_inputs import subsample
+
+    given = [f for f, v in (("--meld", args.meld), ("--iemocap", args.iemocap), ("--synthetic", args.synthetic))
+             if v is not None]
+    if len(given) != 1:
+        raise UsageError(f"{args.command}: give exactly one data source (--meld DIR, --iemocap CSV or "
+                         f"--synthetic DIR); got {given or 'none'}")
+    source = "iemocap" if args.iemocap is not None else "meld"
+    if cfg.labels != source:
+        raise UsageError(f"{given[0]} gives {source} data (labels {list(label_set(source))}) but the recipe has "
+                         f"labels={cfg.labels}; use a {source} recipe or --set labels={source}")
+    limits = _limits_of(args)
+    try:
+        if args.synthetic is not None:
+            root = args.synthetic
+            if not (root / "train_sent_emo.csv").is_file():
+                from training.data import make_synthetic_meld
+
+                log.info("generating synthetic MELD-layout data in %s", root)
+                make_synthetic_meld(root, n_dialogues=args.synthetic_dialogues, seed=cfg.seed,
+                                    defects=args.synthetic_defects)
+            ds = load_meld(root, clips_root=root, max_clip_s=args.max_clip_s)
+        elif args.meld is not None:
+            ds = load_meld(_exists(args.meld, "--meld"), clips_root=_exists(args.meld_clips, "--meld-clips"),
+                           max_clip_s=args.max_clip_s)
+        else:
+            ds = load_iemocap(_exists(args.iemocap, "--iemocap", "file"))
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise UsageError(" ".join(str(exc).split())) from None
+    return subsample(ds, limits, cfg.seed)
+
+
+def save_data_report(run: Any, ds: Any, args: argparse.Namespace) -> None:
+    """What was loaded and every problem skipped on the way: metrics/data.json, and train.log.
+
+    The data is read before the run folder exists (so a wrong path leaves none behind);
+    its problems, already shown on the console, are written into the run's log here.
+    """
+    log.info("data %s: %s", ds.name, ds.report.summary())
+    for kind, detail in ds.report.details:
+        log.debug("data problem %s: %s", kind, detail)
+    run.save_metrics("data", {"dataset": ds.name, "limits": _limits_of(args).to_dict(),
+                              "load_report": ds.report.to_dict(),
+                              "used": {s: {"dialogues": len(d), "utterances": ds.num_utterances(s)}
+                                       for s, d in ds.splits.items()}})
+
+
+def _kind_paths(items: Sequence[str]) -> dict[str, Path]:
+    out = {}
+    for item in items:
+        kind, sep, path = item.partition("=")
+        if not sep or kind not in STAGE1_KINDS:
+            raise UsageError(f"--stage1 {item!r}: expected KIND=CHECKPOINT with KIND one of {list(STAGE1_KINDS)}")
+        out[kind] = _exists(Path(path), f"--stage1 {kind}", "file")
+    return out
+
+
+def _data_root(args: argparse.Namespace) -> Optional[Path]:
+    root = args.data or (Path(os.environ["MAGTKD_DATA"]) if os.environ.get("MAGTKD_DATA") else None)
+    return _exists(root, "--data") if root is not None else None
+
+
+def _feature_dirs(run_path: Path) -> list[Path]:
+    base = run_path / "features"
+    if (base / "train.safetensors").is_file():
+        return [base]
+    subs = sorted(p for p in base.glob("*") if (p / "train.safetensors").is_file())
+    if not subs:
+        raise UsageError(f"no features in {base} (train.safetensors there or in its subfolders); run extract first "
+                         "or give --features")
+    return subs
+
+
+# ------------------------------------------------------------------ commands
+# Each command has a `prepare` step that reads and checks its inputs before any run
+# folder exists (a wrong path leaves nothing behind), and a step that trains.
+def _prepare_dataset(args: argparse.Namespace, cfg: Config) -> Any:
+    if args.command == "stage1" and args.teacher is not None:
+        _exists(args.teacher, "--teacher", "file")
+    if args.command == "extract":
+        _kind_paths(args.stage1)
+    return load_dataset(args, cfg)
+
+
+def _cmd_all(args: argparse.Namespace, cfg: Config, run: Any, ds: Any) -> dict[str, Any]:
+    from training.recipes import run_standard
+
+    save_data_report(run, ds, args)
+    return run_standard(cfg, ds, run, resume=args.resume, export=args.export,
+                        extra_report={"limits": _limits_of(args).to_dict()})
+
+
+def _cmd_stage1(args: argparse.Namespace, cfg: Config, run: Any, ds: Any) -> dict[str, Any]:
+    from training.recipes import stage1_model
+    from training.runs import seed_everything
+    from training.stage1_state import load_stage1_model
+
+    save_data_report(run, ds, args)
+    teacher = None
+    if args.teacher is not None:
+        seed_everything(cfg.seed)
+        teacher = load_stage1_model(args.teacher, cfg=cfg)
+    result = stage1_model(cfg, ds, args.modality, run, args.resume, teacher=teacher, name=args.name)
+    return {k: result.metrics.get(k) for k in ("name", "best_epoch", "best_dev_weighted_f1", "checkpoint", "counts")}
+
+
+def _cmd_extract(args: argparse.Namespace, cfg: Config, run: Any, ds: Any) -> dict[str, Any]:
+    from training.recipes import extract_set, load_stage1_set, stage1_checkpoints
+
+    save_data_report(run, ds, args)
+    paths = _kind_paths(args.stage1) or stage1_checkpoints(run)
+    if not paths:
+        raise UsageError(f"no stage-1 checkpoints in {run.path}/checkpoints; train them (stage1) or pass --stage1")
+    out = extract_set(cfg, ds, load_stage1_set(cfg, paths), args.out or run.path / "features",
+                      cache_dir=run.path / "cache")
+    return {s: str(p) for s, p in out.items()}
+
+
+def _prepare_stage2(args: argparse.Namespace, cfg: Config) -> list[Path]:
+    dirs = [d for d in args.features if _exists(d, "--features")]
+    if not dirs and args.run_dir is None:
+        raise UsageError("stage2: give --features DIR or a --run-dir holding features/")
+    return dirs
+
+
+def _cmd_stage2(args: argparse.Namespace, cfg: Config, run: Any, dirs: list[Path]) -> dict[str, Any]:
+    from training.recipes import encoder_states_from_files, stage1_checkpoints, stream_checkpoint
+    from training.stage2 import train_stage2
+
+    summary = train_stage2(cfg, dirs or _feature_dirs(run.path), run, resume=args.resume)
+    summary["checkpoint"] = str(stream_checkpoint(run, encoder_states_from_files(stage1_checkpoints(run))))
+    return summary
+
+
+def _cmd_evaluate(args: argparse.Namespace, run_dir: Optional[Path]) -> dict[str, Any]:
+    from magtkd_stream.checkpoint import load_checkpoint
+    from training.features import features_path
+    from training.recipes import STREAM_CHECKPOINT, evaluate_checkpoint
+
+    ckpt = args.checkpoint
+    if ckpt is None:
+        if run_dir is None:
+            raise UsageError("evaluate: give --checkpoint (or --run-dir holding checkpoints/stream.safetensors)")
+        ckpt = run_dir / "checkpoints" / STREAM_CHECKPOINT
+    _exists(ckpt, "--checkpoint", "file")
+    try:
+        ck = load_checkpoint(ckpt)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    cfg = load_recipe(args.recipe, args.overrides, args.profile_override, args.seed) if args.recipe else ck.config
+    feats = args.features or (run_dir / "features" if run_dir is not None else None)
+    if feats is None:
+        raise UsageError("evaluate: give --features (the folder with <split>.safetensors) or --run-dir")
+    file = _exists(features_path(feats, args.split), f"--split {args.split}: features file", "file")
+    windows = args.window if args.window is not None else [int(ck.extra.get("window", ck.config.magt.window))]
+    if any(w < 0 for w in windows):
+        raise UsageError(f"--window must be >= 0 (0 = full dialogue), got {windows}")
+    return {"checkpoint": str(ckpt), "features": str(file), "split": args.split,
+            "windows": evaluate_checkpoint(cfg, Path(ckpt), file, windows)}
+
+
+def _prepare_paired(args: argparse.Namespace, cfg: Config) -> Path:
+    npz = args.paired
+    if npz is None:
+        root = _data_root(args)
+        npz = root / "ravdess" / "ravdess_au_mfcc_actors01-20.npz" if root is not None else None
+    if npz is None:
+        raise UsageError("paired: give --paired NPZ (ravdess_au_mfcc_actors01-20.npz) or --data ROOT")
+    if args.epochs is not None and args.epochs < 1:
+        raise UsageError(f"--epochs must be >= 1, got {args.epochs}")
+    return _exists(npz, "--paired", "file")  # type: ignore[return-value]
+
+
+def _cmd_paired(args: argparse.Namespace, cfg: Config, run: Any, npz: Path) -> dict[str, Any]:
+    from training.array_encoder import PairedSettings, paired_summary_lines, run_paired_kd_experiment
+
+    settings = PairedSettings() if args.epochs is None else PairedSettings(epochs=args.epochs)
+    report = run_paired_kd_experiment(npz, run.path, seeds=args.seeds, w_soft=args.w_soft, w_feat=args.w_feat,
+                                      settings=settings, cfg=cfg)
+    for line in paired_summary_lines(report):
+        log.info("%s", line)
+    return report
+
+
+def _prepare_lite(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
+    from training.lite import DEFAULT_EXPORT, LiteData
+    root = _data_root(args)
+    paths = {}
+    for key, flag, sub in (("meld", "--meld", "meld"), ("ravdess", "--ravdess", "ravdess"),
+                           ("fer", "--fer", "fer2013")):
+        value = getattr(args, key) or (root / sub if root is not None else None)
+        if value is None:
+            raise UsageError(f"lite: no {key} data; give --data ROOT (holding meld/, ravdess/, fer2013/) or {flag} DIR")
+        paths[key] = _exists(value, f"lite: {flag}")
+    try:
+        stage2_limits = Limits.parse(args.stage2_limit)
+    except ValueError as exc:
+        raise UsageError(f"--stage2-limit: {exc}") from None
+    export = None if args.no_export else (args.export or DEFAULT_EXPORT)
+    return {"data": LiteData(**paths), "limits": _limits_of(args), "stage2_limits": stage2_limits, "export": export}
+
+
+def _cmd_lite(args: argparse.Namespace, cfg: Config, run: Any, prep: dict[str, Any]) -> dict[str, Any]:
+    from training.lite import run_lite
+
+    try:
+        return run_lite(cfg, prep["data"], run, prep["limits"], prep["stage2_limits"], prep["export"], args.resume)
+    except FileNotFoundError as exc:
+        raise UsageError(" ".join(str(exc).split())) from None
+
+
+_COMMANDS = {
+    "all": (_prepare_dataset, _cmd_all), "stage1": (_prepare_dataset, _cmd_stage1),
+    "extract": (_prepare_dataset, _cmd_extract), "stage2": (_prepare_stage2, _cmd_stage2),
+    "paired": (_prepare_paired, _cmd_paired), "lite": (_prepare_lite, _cmd_lite),
+}
+_DEFAULT_RECIPE = {"lite": "train_lite", "paired": "train_lite"}
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
+    from training.runs import setup_logging
+
+    setup_logging(None, args.verbose)
+    if args.command == "evaluate":
+        if args.run_dir is not None:
+            _exists(args.run_dir, "--run-dir")
+        result = _cmd_evaluate(args, args.run_dir)
+        if args.run_dir is not None:
+            from training.runs import RunFolder
+
+            RunFolder(args.run_dir).save_metrics(f"evaluate-{args.split}", result)
+        return result
+    cfg = _config(args, _DEFAULT_RECIPE.get(args.command))
+    if args.resume and (args.run_dir is None or not args.run_dir.is_dir()):
+        raise UsageError(f"--resume needs --run-dir naming an existing run folder (got {args.run_dir})")
+    prepare, train = _COMMANDS[args.command]
+    inputs = prepare(args, cfg)
+    recipe_name = Path(args.recipe).stem if args.recipe else "run"
+    run = _run_folder(args, cfg, f"{args.command}-{recipe_name}")
+    setup_logging(run.path, args.verbose)
+    run.write_config(cfg)
+    log.info("magtkd-train %s: run folder %s (profile %s, seed %d)", args.command, run.path, cfg.profile, cfg.seed)
+    result = train(args, cfg, run, inputs)
+    log.info("done: %s", run.path)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        result = _run(args)
+    except (UsageError, ConfigError) as exc:
+        print(f"magtkd-train: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("magtkd-train: interrupted", file=sys.stderr)
+        return 130
+    except Exception:  # noqa: BLE001 - the entry point reports any failure and exits non-zero
+        log.exception("magtkd-train %s failed", args.command)
+        return 1
+    if args.command in ("evaluate", "stage1", "extract"):
+        print(json.dumps(result, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -9,6 +9,7 @@
     magtkd-train evaluate --checkpoint runs/x/checkpoints/stream.safetensors --features runs/x/features --window 8
     magtkd-train paired --paired DATA/ravdess/ravdess_au_mfcc_actors01-20.npz
     magtkd-train lite --data ../shared/data               (the shipped lite checkpoint)
+    magtkd-train ravdess-audio --data ../shared/data --cache runs/lite-full/cache   (held-out-actor audio scores)
 
 A recipe is a full configuration file (profile, encoders, magt, kd, train);
 data locations are flags, never config keys. `--profile-override tiny` swaps in
@@ -139,6 +140,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", type=Path, default=None, help="where to copy the checkpoint "
                                                               "(default magtkd_stream/assets/lite.safetensors)")
     p.add_argument("--no-export", action="store_true", help="leave the shipped checkpoint alone")
+
+    p = sub.add_parser("ravdess-audio", help="RAVDESS held-out-actor scores of the lite audio branch (8 and 7 classes)")
+    _common(p, "recipe whose audio encoder and stage-1 settings are used (default configs/train_lite.yaml)")
+    p.add_argument("--data", type=Path, default=None, help="data root holding ravdess/ (default $MAGTKD_DATA)")
+    p.add_argument("--ravdess", type=Path, default=None, help="RAVDESS folder with speech_16k/ (default DATA/ravdess)")
+    p.add_argument("--cache", type=Path, default=None,
+                   help="a lite run's cache folder with the Whisper vectors (e.g. runs/lite-full/cache); "
+                        "default: computed and kept in this run's cache/")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     return parser
 
 
@@ -392,12 +402,32 @@ def _cmd_lite(args: argparse.Namespace, cfg: Config, run: Any, prep: dict[str, A
         raise UsageError(" ".join(str(exc).split())) from None
 
 
+def _prepare_ravdess_audio(args: argparse.Namespace, cfg: Config) -> Path:
+    root = _data_root(args)
+    folder = args.ravdess or (root / "ravdess" if root is not None else None)
+    if folder is None:
+        raise UsageError("ravdess-audio: give --data ROOT (holding ravdess/) or --ravdess DIR")
+    if args.cache is not None:
+        _exists(args.cache, "--cache")
+    return _exists(folder, "ravdess-audio: --ravdess")  # type: ignore[return-value]
+
+
+def _cmd_ravdess_audio(args: argparse.Namespace, cfg: Config, run: Any, folder: Path) -> dict[str, Any]:
+    from training.ravdess_audio import run_ravdess_audio, summary_lines
+
+    report = run_ravdess_audio(folder, cfg, run, args.cache or run.path / "cache", seeds=args.seeds)
+    for line in summary_lines(report):
+        print(line)
+    return report
+
+
 _COMMANDS = {
     "all": (_prepare_dataset, _cmd_all), "stage1": (_prepare_dataset, _cmd_stage1),
     "extract": (_prepare_dataset, _cmd_extract), "stage2": (_prepare_stage2, _cmd_stage2),
     "paired": (_prepare_paired, _cmd_paired), "lite": (_prepare_lite, _cmd_lite),
+    "ravdess-audio": (_prepare_ravdess_audio, _cmd_ravdess_audio),
 }
-_DEFAULT_RECIPE = {"lite": "train_lite", "paired": "train_lite"}
+_DEFAULT_RECIPE = {"lite": "train_lite", "paired": "train_lite", "ravdess-audio": "train_lite"}
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:

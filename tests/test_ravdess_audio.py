@@ -1,0 +1,67 @@
+"""Held-out-actor evaluation of the audio head on small random vectors (no Whisper)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from training import ravdess_audio as ra
+from training.ravdess_audio import ClipVectors, HeadSettings, evaluate_held_out, split_by_actor
+
+torch.set_num_threads(1)
+SETTINGS = HeadSettings(feature_dim=16, epochs=8, batch_size=16, lr=1e-2)
+
+
+def _clips(signal: bool, per_actor: int = 16, dim: int = 24, seed: int = 0) -> ClipVectors:
+    rng = np.random.default_rng(seed)
+    actors = np.repeat(np.arange(1, 21), per_actor)
+    y8 = rng.integers(0, 8, size=actors.size)
+    x = rng.normal(size=(actors.size, dim)).astype(np.float32)
+    if signal:
+        x[np.arange(actors.size), y8] += 4.0  # class k lights up dimension k
+    y7 = np.where(y8 == 1, 4, y8)  # any fixed 8 -> 7 folding keeps the signal learnable
+    y7 = np.where(y7 > 1, y7 - 1, y7)
+    return ClipVectors(vectors=torch.from_numpy(x), actors=actors, labels={"ravdess": y8, "meld": y7})
+
+
+def test_split_by_actor_is_disjoint_and_complete() -> None:
+    actors = np.repeat(np.arange(1, 21), 3)
+    rows = split_by_actor(actors)
+    seen = {k: set(actors[v].tolist()) for k, v in rows.items()}
+    assert seen == {"fit": set(range(1, 15)), "select": {15, 16}, "test": set(range(17, 21))}
+    assert sum(v.size for v in rows.values()) == actors.size
+    with pytest.raises(ValueError, match="both"):
+        split_by_actor(actors, fit=range(1, 16), select=(15, 16))
+    with pytest.raises(ValueError, match="no clips"):
+        split_by_actor(np.arange(1, 15))
+
+
+def test_test_actors_never_reach_training_or_selection(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _clips(signal=True)
+    test_rows = {tuple(r) for r in data.vectors[np.isin(data.actors, ra.TEST_ACTORS)].numpy().round(5).tolist()}
+    seen = []
+    real = ra.train_head
+
+    def spy(x_fit, y_fit, x_sel, y_sel, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append((x_fit, x_sel))
+        return real(x_fit, y_fit, x_sel, y_sel, *args, **kwargs)
+
+    monkeypatch.setattr(ra, "train_head", spy)
+    evaluate_held_out(data, seeds=(0,), settings=SETTINGS)
+    assert len(seen) == 2  # one head per label space
+    for x_fit, x_sel in seen:
+        used = {tuple(r) for r in torch.cat([x_fit, x_sel]).numpy().round(5).tolist()}
+        assert not used & test_rows
+
+
+def test_learnable_signal_is_learned_and_noise_is_not() -> None:
+    good = evaluate_held_out(_clips(signal=True), seeds=(0, 1), settings=SETTINGS)
+    noise = evaluate_held_out(_clips(signal=False), seeds=(0,), settings=SETTINGS)
+    assert good["clips"] == {"fit": 14 * 16, "select": 32, "test": 64}
+    for space, n in (("ravdess", 8), ("meld", 7)):
+        r = good["label_spaces"][space]
+        assert len(r["classes"]) == n and [x["seed"] for x in r["runs"]] == [0, 1]
+        assert r["test_accuracy"]["mean"] > 0.85
+        assert 1 <= r["runs"][0]["epoch"] <= SETTINGS.epochs
+        assert noise["label_spaces"][space]["test_accuracy"]["mean"] < 0.4

@@ -375,6 +375,17 @@ def config_from_dict(data: dict[str, Any]) -> Config:
     return _build(Config, data, "")
 
 
+def read_yaml(path: Path) -> dict[str, Any]:
+    """A YAML mapping from a file; ConfigError naming the file when it is not one."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping")
+    return data
+
+
 def load_config(name_or_path: str | Path = "lite", overrides: Sequence[str] = ()) -> Config:
     """Load configs/<name>.yaml (or a path) and apply KEY=VALUE overrides (dotted keys).
 
@@ -384,12 +395,7 @@ def load_config(name_or_path: str | Path = "lite", overrides: Sequence[str] = ()
     if not path.exists():
         known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
         raise ConfigError(f"config {str(name_or_path)!r} not found (looked at {path}); known profiles: {known}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
+    data = read_yaml(path)
     for item in overrides:
         parts, value = _parse_override(item)
         _set_path(data, parts, value)

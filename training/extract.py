@@ -21,7 +21,7 @@ import torch
 from magtkd_stream.config import Config, config_to_dict
 from magtkd_stream.encoders.base import MODALITIES, Encoder, UtteranceModel
 from training.data.types import Dataset
-from training.features import IGNORE_LABEL, DialogueFeatures, features_path, save_features, speaker_ids
+from training.features import features_path, save_features, split_into_dialogues
 from training.runs import progress as progress_bar
 from training.runs import resolve_device
 from training.stage1 import Stage1Settings
@@ -143,21 +143,7 @@ def extract_features(
             counts[m] = {"present": int(present[m].sum()), **problems.counts()}
             logger.info("extract %s %s: %d of %d utterances present; left out: %s", split, m,
                         int(present[m].sum()), len(refs), problems.counts() or "none")
-        dialogues: list[DialogueFeatures] = []
-        start = 0
-        for d in dataset.splits[split]:
-            end = start + len(d.utterances)
-            if end == start:
-                continue
-            dialogues.append(DialogueFeatures(
-                did=d.did, split=split, source=d.source, uids=[u.uid for u in d.utterances],
-                speakers=speaker_ids([u.speaker for u in d.utterances], cfg.magt.max_speakers),
-                labels=np.asarray([IGNORE_LABEL if u.label is None else int(u.label) for u in d.utterances],
-                                  dtype=np.int64),
-                feats={k: arr[start:end] for k, arr in kinds.items()},
-                present={m: present[m][start:end].copy() for m in MODALITIES},
-            ))
-            start = end
+        dialogues = split_into_dialogues(dataset.splits[split], split, kinds, present, cfg.magt.max_speakers)
         meta = {
             "labels": list(dataset.labels), "encoder_dims": encoder_dims, "feature_dim": cfg.feature_dim,
             "profile": cfg.profile, "config": config_to_dict(cfg), "dataset": dataset.name, "split": split,

@@ -286,3 +286,33 @@ def features_path(features_dir: str | Path, split: str) -> Path:
     if not split or "/" in split:
         raise ValueError(f"split must be a plain name like 'train', got {split!r}")
     return Path(features_dir) / f"{split}.safetensors"
+
+
+def split_into_dialogues(
+    dialogues: Sequence[Any],
+    split: str,
+    feats: Mapping[str, np.ndarray],
+    present: Mapping[str, np.ndarray],
+    max_speakers: int,
+) -> list[DialogueFeatures]:
+    """Cut split-wide arrays (one row per utterance, dialogues in order) into DialogueFeatures.
+
+    `dialogues` are training.data Dialogue objects (uid, speaker, label per
+    utterance); empty dialogues are skipped.
+    """
+    out: list[DialogueFeatures] = []
+    start = 0
+    for d in dialogues:
+        end = start + len(d.utterances)
+        if end > start:
+            out.append(DialogueFeatures(
+                did=d.did, split=split, source=d.source, uids=[u.uid for u in d.utterances],
+                speakers=speaker_ids([u.speaker for u in d.utterances], max_speakers),
+                labels=np.asarray([IGNORE_LABEL if u.label is None else int(u.label) for u in d.utterances],
+                                  dtype=np.int64),
+                feats={k: a[start:end] for k, a in feats.items()},
+                present={m: np.asarray(present[m][start:end]).copy() for m in MODALITIES},
+            ))
+        start = end
+    return out
+

@@ -19,7 +19,7 @@ from typing import Any, Optional, Sequence, TypeVar
 import numpy as np
 import yaml
 
-from magtkd_stream.config import CONFIG_DIR, Config, ConfigError, config_from_dict
+from magtkd_stream.config import CONFIG_DIR, Config, ConfigError, config_from_dict, read_yaml
 from training.data.types import Dataset
 
 logger = logging.getLogger(__name__)
@@ -38,16 +38,6 @@ def recipe_path(ref: str | Path) -> Path:
                 return candidate
     known = sorted(x.name for x in CONFIG_DIR.glob("*.yaml"))
     raise ConfigError(f"recipe {str(ref)!r} not found; give a YAML path or one of {known}")
-
-
-def read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: top level must be a mapping")
-    return data
 
 
 def merge_profile(recipe: dict[str, Any], profile: dict[str, Any]) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from magtkd_stream.checkpoint import load_checkpoint, save_checkpoint
 from magtkd_stream.config import Config, config_to_dict
 from magtkd_stream.encoders.base import MODALITIES, UtteranceModel
 from training.data.types import Dataset
-from training.features import IGNORE_LABEL, DialogueFeatures, features_path, save_features, speaker_ids
+from training.features import DialogueFeatures, features_path, save_features, split_into_dialogues
 from training.recipe_inputs import Limits, dataset_counts, pick, subsample
 from training.runs import RunFolder, seed_everything
 from training.stage1 import Stage1Result, Stage1Settings, train_stage1
@@ -166,19 +166,7 @@ def extract_split_cached(
             present[m] = ok.numpy().astype(bool)
             counts[m] = {"present": int(ok.sum()), **problems.counts()}
         logger.info("extract %s %s: %d of %d utterances present", split, kind, int(ok.sum()), n)
-    dialogues, start = [], 0
-    for d in dataset.splits[split]:
-        end = start + len(d.utterances)
-        if end > start:
-            dialogues.append(DialogueFeatures(
-                did=d.did, split=split, source=d.source, uids=[u.uid for u in d.utterances],
-                speakers=speaker_ids([u.speaker for u in d.utterances], cfg.magt.max_speakers),
-                labels=np.asarray([IGNORE_LABEL if u.label is None else int(u.label) for u in d.utterances],
-                                  dtype=np.int64),
-                feats={k: a[start:end] for k, a in feats.items()},
-                present={m: present[m][start:end].copy() for m in MODALITIES},
-            ))
-        start = end
+    dialogues = split_into_dialogues(dataset.splits[split], split, feats, present, cfg.magt.max_speakers)
     return dialogues, counts
 
 

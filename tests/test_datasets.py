@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import csv
-import os
 import time
 import wave
 from pathlib import Path
@@ -20,16 +19,12 @@ from training.data import (
     load_ravdess_speech,
 )
 from training.data.meld import CSV_COLUMNS
-
-
-def _data_dir() -> Path:
-    env = os.environ.get("MAGTKD_DATA")
-    return Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+from shared_data import data_dir
 
 
 @pytest.fixture(scope="module")
 def data() -> Path:
-    root = _data_dir()
+    root = data_dir()
     if not root.is_dir():
         pytest.skip(f"real data folder {root} absent")
     return root

@@ -23,14 +23,11 @@ from magtkd_stream.encoders.face_cnn import (
     keras_same_pad,
     load_face_cnn,
 )
+from shared_data import data_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_ARCH = {"stem_width": 4, "block_widths": [8, 16], "num_classes": 7}
 SHIPPED_DIM = 2 * (128 + 7)  # documented width of the lite video vector
-
-
-def data_dir() -> Path:
-    return Path(os.environ.get("MAGTKD_DATA", ROOT.parent / "shared" / "data"))
 
 
 def fer_val() -> tuple[np.ndarray, np.ndarray]:
@@ -237,7 +234,6 @@ def test_converted_cnn_accuracy_on_fer2013_val():
     from training.convert_face_cnn import fer_accuracy
 
     fer_val()
-    torch.set_num_threads(1)
     acc, n = fer_accuracy(load_face_cnn(), data_dir() / "fer2013" / "fer2013_val.npz")
     print(f"converted face CNN, fer2013_val accuracy {acc:.4f} on {n} images")
     assert n == 5383

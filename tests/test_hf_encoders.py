@@ -19,12 +19,8 @@ TINY = {"hidden_size": 32, "num_hidden_layers": 2, "intermediate_size": 37}
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _seeded():
     torch.manual_seed(0)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _need_minilm() -> None:

@@ -11,7 +11,6 @@ import torch.nn.functional as F
 from magtkd_stream.losses import pearson_soft_loss, relation_kl_loss, stage2_loss, student_loss
 from magtkd_stream.magt import MAGTOutput
 
-torch.set_num_threads(1)
 
 
 # ------------------------------------------------------------------ pearson_soft_loss

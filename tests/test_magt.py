@@ -13,7 +13,6 @@ from magtkd_stream.config import MAGTConfig
 from magtkd_stream.losses import stage2_loss
 from magtkd_stream.magt import MAGT, MAGTOutput, causal_window_mask
 
-torch.set_num_threads(1)
 
 C = 5
 FIELDS = ("logits", "logits_audio", "logits_video", "t_prime", "a_prime", "v_prime")

@@ -9,7 +9,6 @@ import torch
 from training import ravdess_audio as ra
 from training.ravdess_audio import ClipVectors, HeadSettings, evaluate_held_out, split_by_actor
 
-torch.set_num_threads(1)
 SETTINGS = HeadSettings(feature_dim=16, epochs=8, batch_size=16, lr=1e-2)
 
 

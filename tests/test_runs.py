@@ -14,7 +14,6 @@ import torch
 from magtkd_stream.config import load_config
 from training.runs import RunFolder, seed_everything, setup_logging
 
-torch.set_num_threads(1)
 
 
 def test_create_names_folders_uniquely(tmp_path: Path) -> None:

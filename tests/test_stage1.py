@@ -24,6 +24,7 @@ from magtkd_stream.encoders import build_encoder  # noqa: E402
 from magtkd_stream.fusion import FusionModel  # noqa: E402
 from magtkd_stream.labels import MELD_LABELS  # noqa: E402
 from training.data.types import Dataset, Dialogue, MediaSpan, Utterance  # noqa: E402
+from shared_data import data_dir
 
 SENTENCES = {0: ("I am so angry with you!", "This makes me furious!"),
              3: ("I am so happy today!", "What wonderful news!"),
@@ -36,12 +37,6 @@ BASE = ["train.stage1.device=cpu", "train.stage1.epochs=6", "train.stage1.lr=0.0
         "encoders.text.context_turns=1"]
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _write_wav(path: Path, label: int, rng: np.random.Generator) -> None:
@@ -372,7 +367,7 @@ def test_paired_kd_experiment_runs_on_a_small_file(tmp_path: Path) -> None:
 
 
 def _real_paired() -> Path:
-    root = Path(os.environ.get("MAGTKD_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+    root = data_dir()
     return root / "ravdess" / "ravdess_au_mfcc_actors01-20.npz"
 
 

@@ -38,7 +38,6 @@ from training.features import (
 from training.runs import RunFolder
 from training.stage2 import evaluate_stage2, train_stage2
 
-torch.set_num_threads(1)
 
 DIM = 32
 C = len(MELD_LABELS)

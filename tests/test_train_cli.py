@@ -18,7 +18,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -30,6 +29,7 @@ from magtkd_stream.labels import IEMOCAP_LABELS, MELD_LABELS  # noqa: E402
 from training.cli import main  # noqa: E402
 from training.recipe_inputs import load_recipe  # noqa: E402
 from training.data.meld import CLIP_FOLDERS, CSV_COLUMNS, CSV_NAMES  # noqa: E402
+from shared_data import data_dir
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--set", "train.stage1.epochs=1", "--set", "train.stage2.epochs=1"]
@@ -38,17 +38,6 @@ FROZEN = [f"--set=encoders.{m}.trainable_layers=0" for m in ("text", "audio", "v
 needs_espeak = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
 
 
-def data_root() -> Path:
-    env = os.environ.get("MAGTKD_DATA")
-    return Path(env) if env else REPO.parent / "shared" / "data"
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -311,7 +300,7 @@ def test_module_entry_point_runs() -> None:
 # ------------------------------------------------------------------ real data (../shared/data)
 @pytest.mark.slow
 def test_lite_recipe_on_real_data_subsets(tmp_path: Path) -> None:
-    root = data_root()
+    root = data_dir()
     if not (root / "meld").is_dir() or not (root / "ravdess").is_dir() or not (root / "fer2013").is_dir():
         pytest.skip(f"real data not found at {root}")
     run, export = tmp_path / "lite", tmp_path / "export" / "lite.safetensors"
@@ -334,7 +323,7 @@ def test_lite_recipe_on_real_data_subsets(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_paired_experiment_command(tmp_path: Path) -> None:
-    npz = data_root() / "ravdess" / "ravdess_au_mfcc_actors01-20.npz"
+    npz = data_dir() / "ravdess" / "ravdess_au_mfcc_actors01-20.npz"
     if not npz.is_file():
         pytest.skip(f"{npz} not found")
     run = tmp_path / "paired"

@@ -19,7 +19,7 @@ from typing import Any, Optional
 import numpy as np
 
 from magtkd_stream.asr import validate_waveform
-from magtkd_stream.config import ConfigError
+from magtkd_stream.config import _check
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +42,7 @@ class VADConfig:
 
     def __post_init__(self) -> None:
         def check(ok: bool, key: str, msg: str) -> None:
-            if not ok:
-                raise ConfigError(f"vad.{key}: {msg}")
+            _check(ok, f"vad.{key}", msg)
 
         check(0.0 < self.threshold < 1.0, "threshold", f"must be in (0, 1), got {self.threshold}")
         check(self.min_silence_ms >= 0, "min_silence_ms", f"must be >= 0, got {self.min_silence_ms}")

@@ -150,6 +150,20 @@ class EncoderWorker:
     def dim(self) -> int:
         return int(self.encoder.dim)
 
+    def crops_faces(self) -> bool:
+        """Whether `crop` works: the encoder can cut a face out of a frame ahead of its utterance."""
+        return callable(getattr(self.encoder, "crop_frame", None))
+
+    async def crop(self, frame: np.ndarray) -> Optional[np.ndarray]:
+        """The largest face of one BGR frame as a gray crop (None: no face), for the encoder's later `encode`.
+
+        Called as frames arrive, so face detection overlaps the speech instead of
+        competing with ASR once the utterance has ended.
+        """
+        if not self.crops_faces():
+            raise TypeError(f"the {self.modality} encoder {type(self.encoder).__name__} does not crop faces")
+        return self.encoder.crop_frame(frame)
+
     def _encode_batch(self, items: list[Any]) -> list[tuple[np.ndarray, bool]]:
         out = self.encoder.encode(items)
         vectors = out.vectors.detach().float().cpu().numpy()

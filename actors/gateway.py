@@ -87,6 +87,7 @@ class GatewayConfig:
     max_video_fps: float = 30.0
     max_video_pixels: int = 3840 * 2160
     max_sessions_per_token: int = 4
+    max_subscribers_per_token: int = 16
     idle_timeout_s: float = 30.0
     subscriber_queue: int = 256
     replay_buffer: int = 1024
@@ -107,6 +108,7 @@ class GatewayConfig:
             "max_video_fps",
             "max_video_pixels",
             "max_sessions_per_token",
+            "max_subscribers_per_token",
             "idle_timeout_s",
             "subscriber_queue",
             "replay_buffer",
@@ -145,6 +147,7 @@ class GatewayConfig:
             "max_message_bytes": self.max_message_bytes,
             "max_video_fps": self.max_video_fps,
             "max_sessions_per_token": self.max_sessions_per_token,
+            "max_subscribers_per_token": self.max_subscribers_per_token,
             "idle_timeout_s": self.idle_timeout_s,
             "subscriber_queue": self.subscriber_queue,
             "replay_buffer": self.replay_buffer,
@@ -183,6 +186,7 @@ class Gateway:
         self._by_token: dict[str, set[str]] = {}
         self._publishers: dict[ServerConnection, PublisherSession] = {}
         self._subscribers: dict[ServerConnection, Subscription] = {}
+        self._subs_by_token: dict[str, int] = {}  # subscriber connections per token
         self._handlers: set[asyncio.Task] = set()
 
     # ------------------------------------------------------------ lifecycle
@@ -339,12 +343,21 @@ class Gateway:
         return None
 
     async def _run_subscriber(self, ws: ServerConnection, hello: SubscriberHello) -> None:
+        token = hello.token
         try:
+            held = self._subs_by_token.get(token, 0)
+            if held >= self.config.max_subscribers_per_token:
+                raise ProtocolError(
+                    "too_many_subscribers",
+                    f"this token already has {held} subscriber connections (limit "
+                    f"{self.config.max_subscribers_per_token}); close one, or subscribe once to '*' for every session",
+                )
             sub = self.bus.subscribe(hello.session, hello.resume)
         except ProtocolError as exc:
             await self._fatal(ws, exc)
             return
         self._subscribers[ws] = sub
+        self._subs_by_token[token] = self._subs_by_token.get(token, 0) + 1
         try:
             known = self.bus.sessions()
             covered = known if hello.session == ALL else {k: v for k, v in known.items() if k == hello.session}
@@ -371,6 +384,11 @@ class Gateway:
         finally:
             self._subscribers.pop(ws, None)
             sub.close()
+            left = self._subs_by_token.get(token, 1) - 1
+            if left > 0:
+                self._subs_by_token[token] = left
+            else:
+                self._subs_by_token.pop(token, None)
 
     async def _send_events(self, ws: ServerConnection, sub: Subscription) -> None:
         try:

@@ -158,6 +158,7 @@ class Pipeline:
             make("fusion", FusionWorker, cfg, dims, ckpt, window=stream.window, threads=fr.threads, wait_ms=wait_ms,
                  max_batch=max_batch)
             info = get(slots["fusion"][0].handle.info.remote())
+            crops = "video" in slots and get(slots["video"][0].handle.crops_faces.remote())
             if warmup:
                 get([s.handle.warmup.remote() for s in created])
         except BaseException:
@@ -166,7 +167,8 @@ class Pipeline:
             if owns:
                 ray.shutdown()
             raise
-        info.update(audio_from_asr=audio_from_asr, encoder_dims=dims)
+        info.update(audio_from_asr=audio_from_asr, encoder_dims=dims,
+                    crop_on_arrival=bool(crops) and stream.crop_fps > 0)
         log.info("pipeline up in %.1f s: %s (model %s, window %d)", time.perf_counter() - t0,
                  ", ".join(s.name for s in created), info["model"], info["window"])
         return cls(cfg, stream, slots, info, owns)

@@ -8,6 +8,9 @@ with the session's earlier transcripts as context, then fusion, then the
 emotion event. Utterances of a session overlap in flight but publish in
 order, and fusion sees them in order, so its sliding window stays causal.
 A failed actor call fails only its utterance, whose emotion event says so.
+With a face encoder, frames are cropped to faces as they arrive (at most
+stream.crop_fps per second), so at the utterance's end the video actor only
+runs its CNN on the kept crops and no longer competes with ASR for the CPU.
 """
 
 from __future__ import annotations
@@ -42,6 +45,8 @@ class _Session:
     published: Optional[asyncio.Future] = None  # the newest utterance's events are out
     utterances: int = 0
     failed: int = 0
+    crops: set[asyncio.Task] = field(default_factory=set)  # face crops in flight (crop on arrival)
+    last_crop_ts: float = float("-inf")
 
 
 async def _timed(aw: Awaitable[Any]) -> tuple[Any, float]:
@@ -106,7 +111,29 @@ class PipelineSink:
         self._launch(sess, jobs)
 
     async def video(self, session: str, ts: float, frame_bgr: np.ndarray) -> None:
-        self._session(session).core.push_frame(ts, frame_bgr)
+        """Keep a frame for the utterance that will span it; a face encoder crops it now, at crop_fps."""
+        sess = self._session(session)
+        if not self.pipeline.info.get("crop_on_arrival"):
+            sess.core.push_frame(ts, frame_bgr)
+            return
+        sess.core.check_frame(frame_bgr)
+        sess.core.frames_received += 1
+        if ts - sess.last_crop_ts < 1.0 / self.pipeline.stream.crop_fps - 1e-6:
+            return  # thinned: the utterance samples num_frames faces anyway
+        sess.last_crop_ts = ts
+        task = asyncio.get_running_loop().create_task(self._crop(sess, ts, frame_bgr), name=f"crop:{session}")
+        sess.crops.add(task)
+        task.add_done_callback(sess.crops.discard)
+
+    async def _crop(self, sess: _Session, ts: float, frame_bgr: np.ndarray) -> None:
+        """Detect the face now so the utterance's end only runs the CNN; a failure costs this frame only."""
+        try:
+            crop = await self.pipeline.call("video", "crop", frame_bgr)
+        except Exception as exc:
+            log.warning("session %s: face crop at %.2f s failed: %s", sess.core.session, ts, _describe(exc))
+            return
+        if crop is not None and not sess.core.finished:
+            sess.core.frames.push(float(ts), crop)
 
     async def end(self, session: str) -> None:
         """Flush the open utterance and return once every event of the session is published."""
@@ -114,6 +141,8 @@ class PipelineSink:
         if sess is None:
             return
         try:
+            if sess.crops:  # the last frames' faces belong to the last utterance
+                await asyncio.gather(*list(sess.crops), return_exceptions=True)
             jobs = await asyncio.get_running_loop().run_in_executor(self._vad_pool, sess.core.finish, None)
             self._launch(sess, jobs)
             while sess.tasks:

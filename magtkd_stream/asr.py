@@ -24,7 +24,7 @@ from magtkd_stream.resources import require, resolve_model
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-WINDOW_SECONDS = 30  # the Whisper encoder always sees a 30 s window
+WINDOW_SECONDS = 30  # the window Whisper was trained on; the longest utterance it takes
 ENCODER_FRAMES = 1500  # encoder states per 30 s window (50 per second)
 FRAMES_PER_SECOND = ENCODER_FRAMES / WINDOW_SECONDS
 MEL_FRAMES = 3000  # log-mel frames per 30 s window (100 per second)
@@ -87,13 +87,29 @@ def truncate(wave: np.ndarray, max_seconds: float, what: str = "utterance") -> n
     return wave
 
 
-def log_mel_batch(extractor: Any, waveforms: Sequence[np.ndarray]) -> np.ndarray:
-    """Log-mel features (B, n_mels, 3000) float32, each utterance padded to the 30 s window."""
+def window_mel_frames(sizes: Sequence[int], window_s: float = WINDOW_SECONDS) -> int:
+    """Log-mel frames of the encoder window for a batch: `window_s` when every item fits, else 30 s.
+
+    The encoder's cost grows with its window, not with the speech in it, so a
+    short window (e.g. 10 s) makes short utterances several times cheaper to
+    encode; whatever does not fit falls back to Whisper's own 30 s window.
+    """
+    if not 0 < window_s <= WINDOW_SECONDS:
+        raise ValueError(f"window_s must be in (0, {WINDOW_SECONDS}] seconds, got {window_s}")
+    frames = int(round(window_s * MEL_FRAMES / WINDOW_SECONDS))
+    frames -= frames % 2  # the encoder's stride-2 convolution halves the frames
+    if any(n > frames * SAMPLE_RATE // 100 for n in sizes):
+        return MEL_FRAMES
+    return frames
+
+
+def log_mel_batch(extractor: Any, waveforms: Sequence[np.ndarray], mel_frames: int = MEL_FRAMES) -> np.ndarray:
+    """Log-mel features (B, n_mels, mel_frames) float32, each utterance padded to the window."""
     out = []
     for wave in waveforms:
-        mel = extractor(wave)[:, :MEL_FRAMES]  # (n_mels, frames)
-        if mel.shape[1] < MEL_FRAMES:
-            mel = np.pad(mel, ((0, 0), (0, MEL_FRAMES - mel.shape[1])))
+        mel = extractor(wave)[:, :mel_frames]  # (n_mels, frames)
+        if mel.shape[1] < mel_frames:
+            mel = np.pad(mel, ((0, 0), (0, mel_frames - mel.shape[1])))
         out.append(mel.astype(np.float32, copy=False))
     return np.ascontiguousarray(np.stack(out))
 
@@ -192,8 +208,12 @@ class WhisperASR:
         return int(states.shape[2])
 
     def features(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:
-        """Log-mel features (B, n_mels, 3000) for already validated, truncated waveforms."""
-        return log_mel_batch(self.extractor, waveforms)
+        """Log-mel features (B, n_mels, window) for already validated, truncated waveforms.
+
+        The window is `cfg.window_seconds` when the whole batch fits in it, else 30 s.
+        """
+        frames = window_mel_frames([w.size for w in waveforms], self.cfg.window_seconds)
+        return log_mel_batch(self.extractor, waveforms, frames)
 
     def _encode_storage(self, features: np.ndarray) -> Any:
         import ctranslate2
@@ -203,7 +223,7 @@ class WhisperASR:
         return self.model.encode(storage, to_cpu=True)
 
     def encode(self, features: np.ndarray) -> np.ndarray:
-        """One encoder pass over a batch of features -> states (B, 1500, d_model) float32."""
+        """One encoder pass over a batch of features -> states (B, mel_frames / 2, d_model) float32."""
         return np.array(self._encode_storage(features), dtype=np.float32)
 
     def audio_vectors(self, waveforms: Sequence[np.ndarray]) -> np.ndarray:

@@ -60,9 +60,12 @@ class AudioEncoderConfig:
     sample_rate: int = 16000
     max_seconds: float = 15.0  # longer utterances are cut (logged), never crash
     trainable_layers: int = 0
+    window_seconds: float = 30.0  # kind whisper: encoder window, as encoders.asr.window_seconds (must match)
 
     def __post_init__(self) -> None:
         _one_of(self.kind, ("hf", "whisper"), "encoders.audio.kind")
+        _check(1.0 <= self.window_seconds <= 30.0, "encoders.audio.window_seconds",
+               f"must be in [1, 30] seconds, got {self.window_seconds}")
         _check(self.sample_rate == 16000, "encoders.audio.sample_rate", "encoders run at 16000 Hz")
         _check(0 < self.max_seconds <= 30, "encoders.audio.max_seconds", "must be in (0, 30]")
         _check(self.trainable_layers >= -1, "encoders.audio.trainable_layers", "must be >= -1")
@@ -98,10 +101,13 @@ class ASRConfig:
     compute_type: str = "default"
     beam_size: int = 1
     language: Optional[str] = "en"
+    window_seconds: float = 30.0  # Whisper encoder window for utterances that fit (longer ones get 30 s)
 
     def __post_init__(self) -> None:
         _one_of(self.kind, ("faster_whisper", "scripted"), "encoders.asr.kind")
         _check(self.beam_size >= 1, "encoders.asr.beam_size", "must be >= 1")
+        _check(1.0 <= self.window_seconds <= 30.0, "encoders.asr.window_seconds",
+               f"must be in [1, 30] seconds, got {self.window_seconds}")
 
 
 @dataclass
@@ -194,11 +200,20 @@ class Stage1Config(StageConfig):
 
     _key: ClassVar[str] = "train.stage1"
     lr: float = 1e-5
+    encoder_lr: Optional[float] = None  # fine-tuned backbone layers; empty = lr (heads always use lr)
+    finetune_epochs: Optional[int] = None  # epochs when backbone layers train (far fewer than for a head); empty = epochs
     weight_decay: float = 0.01
     batch_size: int = 4  # utterances
     epochs: int = 10
     eval_batch_size: int = 32  # utterances per batch when encoding for caches and evaluation
     cache_on_disk: bool = True  # keep frozen-backbone vectors in the run folder for reuse
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check(self.encoder_lr is None or self.encoder_lr > 0, "train.stage1.encoder_lr",
+               f"must be > 0 or empty (= lr), got {self.encoder_lr}")
+        _check(self.finetune_epochs is None or self.finetune_epochs >= 1, "train.stage1.finetune_epochs",
+               f"must be >= 1 or empty (= epochs), got {self.finetune_epochs}")
 
 
 SELECT_METRICS: tuple[str, ...] = ("weighted_f1", "macro_f1", "accuracy")
@@ -218,12 +233,26 @@ class Stage2Config(StageConfig):
     select_metric: str = "weighted_f1"  # dev metric that picks the epoch (never test)
     pair_prob: float = 0.0  # lend absent modalities from same-class utterances of other sources (training/pairing.py)
     pair_agree: float = 0.5  # share of lent vectors that come from the utterance's own class
+    pair_prob_by: dict[str, float] = field(default_factory=dict)  # per lent modality, overrides pair_prob
+    pair_agree_by: dict[str, float] = field(default_factory=dict)  # per lent modality, overrides pair_agree
+
+    def pairing(self) -> tuple[dict[str, float], dict[str, float]]:
+        """(prob, agree) for each modality that may be lent, with the per-modality overrides applied."""
+        mods = ("text", "audio", "video")
+        return ({m: self.pair_prob_by.get(m, self.pair_prob) for m in mods},
+                {m: self.pair_agree_by.get(m, self.pair_agree) for m in mods})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(len(self.windows) > 0, "train.stage2.windows", "must list at least one window (0 = full context)")
         _check(0.0 <= self.pair_prob <= 1.0, "train.stage2.pair_prob", f"must be in [0, 1], got {self.pair_prob}")
         _check(0.0 <= self.pair_agree <= 1.0, "train.stage2.pair_agree", f"must be in [0, 1], got {self.pair_agree}")
+        for name in ("pair_prob_by", "pair_agree_by"):
+            for m, v in getattr(self, name).items():
+                _check(m in ("text", "audio", "video"), f"train.stage2.{name}.{m}",
+                       "unknown modality; expected text, audio or video")
+                _check(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0,
+                       f"train.stage2.{name}.{m}", f"must be a number in [0, 1], got {v!r}")
         _check(
             all(isinstance(w, int) and not isinstance(w, bool) and w >= 0 for w in self.windows),
             "train.stage2.windows",
@@ -265,6 +294,11 @@ class Config:
 
         _one_of(self.labels, tuple(LABEL_SETS), "labels")
         _check(self.feature_dim > 0, "feature_dim", "must be > 0")
+        audio, asr = self.encoders.audio, self.encoders.asr
+        _check(audio.kind != "whisper" or asr.kind != "faster_whisper" or audio.window_seconds == asr.window_seconds,
+               "encoders.audio.window_seconds",
+               f"is {audio.window_seconds} but encoders.asr.window_seconds is {asr.window_seconds}: the service "
+               "takes the audio vector from the ASR's encoder pass, so both must use the same window")
         # The service section is typed in stream_config.py; checking it here makes a
         # misspelt stream key fail at load time, as every other key does.
         from magtkd_stream.stream_config import StreamConfig

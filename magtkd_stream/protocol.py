@@ -36,6 +36,7 @@ ERROR_CODES: dict[str, tuple[Optional[int], str]] = {
     "unknown_session": (4404, "resume asks for a session the server does not know (never existed, or expired)"),
     "session_taken": (4409, "the session id is in use by a live publisher, or already ran and ended"),
     "too_many_sessions": (4429, "the token already has its maximum number of live publisher sessions"),
+    "too_many_subscribers": (4429, "the token already has its maximum number of subscriber connections"),
     "oversized": (1009, "a message is larger than max_message_bytes"),
     "bad_sample_rate": (4422, "the declared sample rate is not one of the accepted rates"),
     "bad_jpeg": (None, "a video frame is not a decodable JPEG (frame dropped, session goes on)"),

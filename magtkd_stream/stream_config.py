@@ -74,6 +74,7 @@ class StreamConfig:
     vad: VADConfig = field(default_factory=VADConfig)
     window: int = 0  # utterances MAGT sees per prediction; 0 = the checkpoint's (magt.window)
     max_frames: int = 48  # video frames buffered per session; older ones are thinned, never unbounded
+    crop_fps: float = 3.0  # face encoders: frames per second cropped as they arrive (0: all at utterance end)
     shed_video_after: int = 4  # utterances of a session in flight beyond which new ones skip video (overload)
     max_restarts: int = 3  # Ray restarts of a crashed actor before it is declared dead
     call_timeout_s: float = 60.0  # an actor call taking longer fails its utterance
@@ -88,6 +89,8 @@ class StreamConfig:
                          ("max_restarts", 0)):
             value = getattr(self, key)
             _check(_integer(value) and value >= low, key, f"must be an integer >= {low}, got {value!r}")
+        _check(_number(self.crop_fps) and 0 <= self.crop_fps <= 60, "crop_fps",
+               f"must be in [0, 60] frames per second (0 = crop at the utterance's end), got {self.crop_fps!r}")
         for key in ("call_timeout_s", "restart_wait_s"):
             value = getattr(self, key)
             _check(_number(value) and value > 0, key, f"must be > 0 seconds, got {value!r}")

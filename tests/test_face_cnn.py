@@ -298,3 +298,22 @@ def test_pasted_fer_faces_are_detected_and_encoded():
     assert bool(out.present.all()) and out.vectors.shape == (len(detected), SHIPPED_DIM)
     agree = float((out.vectors[:, 128:135].argmax(1) == direct.argmax(1)).float().mean())
     assert agree >= 0.5, f"detected crops agree with the ready crops on only {agree:.2f} of faces"
+
+
+def test_faces_cropped_on_arrival_encode_like_the_frames_they_came_from():
+    """The service crops faces as frames arrive; the utterance vector must not change for it."""
+    import cv2
+
+    matplotlib = pytest.importorskip("matplotlib")
+    path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
+    if not path.is_file():
+        pytest.skip(f"{path} not shipped by this matplotlib")
+    frame = cv2.imread(str(path))
+    frames = [frame, cv2.flip(frame, 1), np.zeros_like(frame)]
+    enc = shipped_encoder()
+    crops = [enc.crop_frame(f) for f in frames]
+    assert crops[2] is None and crops[0].ndim == 2
+    whole = enc.encode([VideoInput(frames=frames)])
+    early = enc.encode([VideoInput(frames=[c for c in crops if c is not None])])
+    assert whole.present.tolist() == early.present.tolist() == [True]
+    torch.testing.assert_close(whole.vectors, early.vectors)

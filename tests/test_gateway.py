@@ -511,6 +511,22 @@ async def case_too_many_sessions(gw, sink, live) -> None:
     await finish(await publisher(gw, "b3", token=TOKEN_B))  # room again once sessions end
 
 
+async def case_too_many_subscribers(gw, sink, live) -> None:
+    held = [(await subscriber(gw, "*", token=TOKEN_B))[0] for _ in range(2)]
+    await expect_error(await raw(gw, hello("subscriber", session="*", token=TOKEN_B)), "too_many_subscribers", True,
+                       "limit 2")
+    await held[0].close()
+    for _ in range(100):  # the server sees the close, then frees the slot
+        again, welcome = await subscriber(gw, "*", token=TOKEN_B)
+        if welcome["type"] == "welcome":
+            break
+        await again.close()
+        await asyncio.sleep(0.02)
+    assert welcome["type"] == "welcome" and welcome["limits"]["max_subscribers_per_token"] == 2
+    await again.close()
+    await held[1].close()
+
+
 async def case_oversized(gw, sink, live) -> None:
     ws = await publisher(gw, "bad")
     await ws.send(P.encode_audio(np.zeros(40_000, np.int16)))  # 80 kB > 64 kB
@@ -604,7 +620,8 @@ def test_every_error_code_is_exercised() -> None:
 def test_protocol_error_is_answered_while_another_session_goes_on(code: str) -> None:
     async def scenario() -> None:
         sink = ScriptedSink(every=5, at_end=2, end_delay=0.05)
-        limits = dict(idle_timeout_s=0.4, max_message_bytes=65536, max_video_fps=5, max_sessions_per_token=2)
+        limits = dict(idle_timeout_s=0.4, max_message_bytes=65536, max_video_fps=5, max_sessions_per_token=2,
+                      max_subscribers_per_token=2)
         async with running(sink, **limits) as gw:
             live = asyncio.Event()
             await asyncio.gather(healthy_session(gw, live), CASES[code](gw, sink, live))

@@ -58,3 +58,31 @@ def test_zero_probability_is_identity_and_disagreement_happens() -> None:
 def test_bad_probabilities_are_refused() -> None:
     with pytest.raises(ValueError, match="prob"):
         pair_modalities(_sources(), KINDS, D, 1.5, 0.5, np.random.default_rng(0))
+
+
+def test_per_modality_settings_lend_faces_but_never_transcripts() -> None:
+    src = _sources()
+    out = pair_modalities(src, KINDS, D, prob={"audio": 1.0, "video": 1.0}, agree={"audio": 1.0, "video": 0.0},
+                          rng=np.random.default_rng(0))
+    fer1 = out[5]
+    assert not fer1.present["text"].any(), "a transcript is never lent when its probability is 0"
+    assert fer1.present["audio"][0] and fer1.feats["audio"][0, 0] == 21
+    lent = []
+    for seed in range(30):
+        meld = pair_modalities(src, KINDS, D, {"video": 1.0}, {"video": 0.0}, np.random.default_rng(seed))[0]
+        assert not meld.present["audio"].any()
+        lent += [int(v) - 30 for v in meld.feats["video"][:3, 0]]
+    assert set(lent) == {0, 1, 2} and lent != [0, 1, 2] * 30, "agree 0: faces of any class"
+
+
+def test_stage2_config_pairing_overrides_and_their_errors() -> None:
+    from magtkd_stream.config import ConfigError, load_config
+
+    cfg = load_config("configs/train_lite.yaml")
+    prob, agree = cfg.train.stage2.pairing()
+    assert prob["text"] == 0.0 and prob["video"] == cfg.train.stage2.pair_prob
+    assert agree["video"] < agree["audio"]
+    with pytest.raises(ConfigError, match="pair_agree_by.face"):
+        load_config("configs/train_lite.yaml", overrides=["train.stage2.pair_agree_by={face: 0.2}"])
+    with pytest.raises(ValueError, match="unknown modalities"):
+        pair_modalities(_sources(), KINDS, D, {"face": 1.0}, 0.5, np.random.default_rng(0))

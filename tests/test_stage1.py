@@ -381,3 +381,19 @@ def test_paired_kd_experiment_on_the_real_file(tmp_path: Path) -> None:
     report = run_paired_kd_experiment(npz, tmp_path, seeds=(0,), settings=PairedSettings(epochs=30))
     assert report["counts"]["test"] == 4 * 60
     assert report["results"]["video_teacher"]["acc8"]["mean"] > 0.25  # chance is 1/8
+
+
+def test_length_grouped_batches_hold_similar_lengths_in_random_order() -> None:
+    import torch
+
+    from training.stage1 import length_grouped
+
+    lengths = [int(x) for x in np.random.default_rng(0).integers(1, 500, 256)]
+    order = list(np.random.default_rng(1).permutation(256))
+    out = length_grouped(order, lengths, 8, torch.Generator().manual_seed(0), pool_batches=32)
+    assert sorted(out) == sorted(order), "every row once"
+    batches = [out[i : i + 8] for i in range(0, 256, 8)]
+    spread = np.mean([max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in batches])
+    assert spread < 40, spread  # random batches of 8 span about 350
+    firsts = [min(lengths[i] for i in b) for b in batches]
+    assert firsts != sorted(firsts), "batches are shuffled, not sorted"

@@ -12,7 +12,7 @@ It is redrawn every epoch from a seeded generator and never touches dev or test.
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping, Sequence
+from typing import Mapping, Sequence, Union
 
 import numpy as np
 
@@ -34,23 +34,41 @@ def _pools(dialogues: Sequence[DialogueFeatures], kinds: Mapping[str, str]) -> d
     return {m: {y: np.stack(v) for y, v in by.items()} for m, by in pools.items()}
 
 
+PerModality = Union[float, Mapping[str, float]]
+
+
+def per_modality(value: PerModality, name: str) -> dict[str, float]:
+    """A probability for each modality from one number or a {modality: number} mapping (missing -> 0)."""
+    out = {m: float(value) for m in MODALITIES} if isinstance(value, (int, float)) else \
+        {m: float(value.get(m, 0.0)) for m in MODALITIES}
+    if not isinstance(value, (int, float)):
+        unknown = sorted(set(value) - set(MODALITIES))
+        if unknown:
+            raise ValueError(f"pairing {name}: unknown modalities {unknown}; expected text, audio, video")
+    bad = {m: v for m, v in out.items() if not 0.0 <= v <= 1.0}
+    if bad:
+        raise ValueError(f"pairing {name} must be in [0, 1], got {bad}")
+    return out
+
+
 def pair_modalities(
     dialogues: Sequence[DialogueFeatures],
     kinds: Mapping[str, str],
     feature_dim: int,
-    prob: float,
-    agree: float,
+    prob: PerModality,
+    agree: PerModality,
     rng: np.random.Generator,
 ) -> list[DialogueFeatures]:
     """Copies of `dialogues` in which absent modalities of labelled utterances are filled by pairing.
 
-    Each absent (utterance, modality) is filled with probability `prob` from the
-    pool of that modality; the lent vector has the utterance's own class with
-    probability `agree`, else a class drawn uniformly from those in the pool.
+    Each absent (utterance, modality m) is filled with probability `prob[m]` from
+    the pool of that modality; the lent vector has the utterance's own class with
+    probability `agree[m]`, else a class drawn uniformly from those in the pool.
+    Per-modality values say how far each modality should be trusted: a face lent
+    with low agreement teaches MAGT that a face only hints at what is said.
     """
-    if not 0.0 <= prob <= 1.0 or not 0.0 <= agree <= 1.0:
-        raise ValueError(f"pairing prob and agree must be in [0, 1], got {prob} and {agree}")
-    if prob == 0.0:
+    probs, agrees = per_modality(prob, "prob"), per_modality(agree, "agree")
+    if not any(probs.values()):
         return list(dialogues)
     pools = _pools(dialogues, kinds)
     out: list[DialogueFeatures] = []
@@ -60,7 +78,9 @@ def pair_modalities(
             pool = pools[m]
             if not pool:
                 continue
-            fill = ~d.present[m] & (d.labels != IGNORE_LABEL) & (rng.random(len(d)) < prob)
+            if probs[m] == 0.0:
+                continue
+            fill = ~d.present[m] & (d.labels != IGNORE_LABEL) & (rng.random(len(d)) < probs[m])
             if not fill.any():
                 continue
             kind = kinds[m]
@@ -70,7 +90,7 @@ def pair_modalities(
             classes = sorted(pool)
             for i in np.flatnonzero(fill):
                 y = int(d.labels[i])
-                if y not in pool or rng.random() >= agree:
+                if y not in pool or rng.random() >= agrees[m]:
                     y = classes[int(rng.integers(len(classes)))]
                 arr[i] = pool[y][int(rng.integers(len(pool[y])))]
                 has[i] = True

@@ -127,10 +127,6 @@ def stage1_checkpoints(run: RunFolder) -> dict[str, Path]:
 
 
 # ----------------------------------------------------------------------- extraction
-def _all_frozen(models: Sequence[UtteranceModel]) -> bool:
-    return all(not any(p.requires_grad for p in m.encoder.parameters()) for m in models)
-
-
 def extract_split_cached(
     cfg: Config, dataset: Dataset, split: str, models: Mapping[str, UtteranceModel], cache_dir: Path,
     batch_size: int,
@@ -176,8 +172,9 @@ def extract_set(
 ) -> dict[str, Path]:
     """Write <out_dir>/<split>.safetensors for every split; returns split -> path.
 
-    With every encoder frozen and a cache folder, vectors come from the stage-1
-    cache; otherwise training.extract.extract_features encodes every utterance.
+    With a cache folder, backbone vectors come from the stage-1 cache (its key
+    holds a checksum of the weights, so fine-tuned encoders get their own
+    entries); otherwise training.extract.extract_features encodes every utterance.
     keep: at most this many dialogues per split go into the files (stage 2's
     share of a large source); the choice is the same seeded one `subsample` makes.
     """
@@ -186,7 +183,7 @@ def extract_set(
     if not plain:
         raise ValueError("feature extraction needs at least one stage-1 model")
     keep = keep or Limits()
-    if cache_dir is None or not _all_frozen([*plain.values(), *distilled.values()]):
+    if cache_dir is None:
         from training.extract import extract_features
 
         return extract_features(cfg, subsample(dataset, keep, cfg.seed), plain, out_dir, kd_models=distilled,

@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from magtkd_stream.config import Config
 from magtkd_stream.encoders.base import Encoder, UtteranceModel
-from training.stage1_inputs import InputProblems, UttRef, has_input, iter_batches, to_device
+from training.stage1_inputs import InputProblems, UttRef, has_input, iter_batches, prompt_length, to_device
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,8 @@ def encode_backbone(
     rows = [i for i, r in enumerate(refs) if has_input(r.utt, modality, encoder)]
     if problems is not None:
         problems.absent(len(refs) - len(rows))
+    if modality == "text":  # prompts of similar length share a batch: far less padding
+        rows.sort(key=lambda i: prompt_length(refs[i], cfg.encoders.text.context_turns))
     was_training = encoder.training
     encoder.eval()
     try:

@@ -42,6 +42,12 @@ class UttRef:
         return [(u.speaker, u.text) for u in self.dialogue.utterances[: self.pos]]
 
 
+def prompt_length(ref: UttRef, turns: int) -> int:
+    """Characters of an utterance's text and its last `turns` context turns: a proxy for its prompt's tokens."""
+    context = ref.context()[-turns:] if turns > 0 else []
+    return len(ref.utt.text or "") + sum(len(t) for _, t in context)
+
+
 def split_refs(dataset: Dataset, split: str) -> list[UttRef]:
     """Every utterance of a split in dialogue order."""
     if split not in dataset.splits:

@@ -268,7 +268,7 @@ def train_stage2(
             break
         t0 = time.time()
         rng = np.random.default_rng([cfg.seed, epoch])  # epoch order does not depend on what ran before
-        epoch_train = pair_modalities(train, kinds, cfg.feature_dim, s2.pair_prob, s2.pair_agree,
+        epoch_train = pair_modalities(train, kinds, cfg.feature_dim, *s2.pairing(),
                                       np.random.default_rng([cfg.seed, epoch, 1]))
         loader = torch.utils.data.DataLoader(epoch_train, batch_sampler=_batches(len(train), s2.batch_size, rng),
                                              collate_fn=collate, num_workers=s2.num_workers)

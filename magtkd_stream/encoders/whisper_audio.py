@@ -15,13 +15,13 @@ import torch
 
 from magtkd_stream.asr import (
     DEFAULT_SILENCE_RMS,
-    MEL_FRAMES,
     WhisperASR,
     encoder_frames,
     is_audible,
     pool_encoder_states,
     truncate,
     validate_waveform,
+    window_mel_frames,
 )
 from magtkd_stream.config import ASRConfig, AudioEncoderConfig
 from magtkd_stream.encoders.base import AudioInput, Encoder, EncoderOutput
@@ -51,12 +51,18 @@ class WhisperAudioEncoder(Encoder):
         self.cfg = cfg
         self.silence_rms = silence_rms
         self.asr = asr or WhisperASR(
-            ASRConfig(kind="faster_whisper", model=cfg.model, device=device), cpu_threads=cpu_threads
+            ASRConfig(kind="faster_whisper", model=cfg.model, device=device, window_seconds=cfg.window_seconds),
+            cpu_threads=cpu_threads,
         )
+        if self.asr.cfg.window_seconds != cfg.window_seconds:
+            raise ValueError(
+                f"encoders.audio.window_seconds {cfg.window_seconds} differs from the shared ASR's "
+                f"{self.asr.cfg.window_seconds}; the audio vectors must come from the same window"
+            )
         self.dim = self.asr.dim
 
     def collate(self, items: Sequence[Any]) -> dict[str, Any]:
-        """Log-mel features (B, n_mels, 3000), encoder frame counts (B,), and presence (B,)."""
+        """Log-mel features (B, n_mels, window), encoder frame counts (B,), and presence (B,)."""
         waves = []
         for i, item in enumerate(items):
             if not isinstance(item, AudioInput):
@@ -65,8 +71,9 @@ class WhisperAudioEncoder(Encoder):
             waves.append(truncate(wave, self.cfg.max_seconds))
         present = [is_audible(w, self.silence_rms) for w in waves]
         # Absent items keep an all-zero feature row; forward never encodes them.
-        feats = np.zeros((len(waves), self.asr.n_mels, MEL_FRAMES), dtype=np.float32)
         idx = [i for i, p in enumerate(present) if p]
+        frames = window_mel_frames([waves[i].size for i in idx], self.cfg.window_seconds)
+        feats = np.zeros((len(waves), self.asr.n_mels, frames), dtype=np.float32)
         if idx:
             feats[idx] = self.asr.features([waves[i] for i in idx])
         return {

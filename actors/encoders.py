@@ -26,6 +26,12 @@ UNTRAINED_MODEL_ID = "untrained"
 WARMUP_SESSION = "__warmup__"
 
 
+def torch_stack(rows: Sequence[np.ndarray]) -> Any:
+    import torch
+
+    return torch.as_tensor(np.stack(rows))
+
+
 def _pin_threads(threads: int) -> None:
     import torch
 
@@ -259,38 +265,44 @@ class FusionWorker:
             self.windows[session] = SessionWindow(self.window, self.max_speakers)
         return self.windows[session]
 
-    def _fuse_batch(self, items: list[tuple[str, str, dict[str, Optional[np.ndarray]]]]) -> list[dict[str, Any]]:
-        import torch
-
+    def _fuse_batch(
+        self, items: list[tuple[str, str, dict[str, Optional[np.ndarray]], bool]]
+    ) -> list[dict[str, Any]]:
         from magtkd_stream.encoders.base import MODALITIES
 
         feats: list[dict[str, Optional[np.ndarray]]] = [{} for _ in items]
         mprobs: list[dict[str, Optional[dict[str, float]]]] = [{} for _ in items]
         for m in MODALITIES:
-            rows = [i for i, (_, _, vecs) in enumerate(items) if vecs.get(m) is not None]
+            rows = [i for i, (_, _, vecs, _) in enumerate(items) if vecs.get(m) is not None]
             for i in range(len(items)):
                 feats[i][m] = None
                 mprobs[i][m] = None
             if not rows:
                 continue
-            x = torch.as_tensor(np.stack([np.asarray(items[i][2][m], dtype=np.float32) for i in rows]))
+            x = torch_stack([np.asarray(items[i][2][m], dtype=np.float32) for i in rows])
             f, logits = self.model.head(m, x)
             probs = logits.softmax(-1).numpy()
             for j, i in enumerate(rows):
                 feats[i][m] = f[j].numpy().copy()
                 mprobs[i][m] = self._named(probs[j])
         fused: list[Optional[dict[str, float]]] = [None] * len(items)
-        group: list[int] = []
-        for i in range(len(items) + 1):  # one session appears at most once per MAGT call: keeps its order
-            if i == len(items) or items[i][0] in {items[k][0] for k in group}:
-                windows = [self.windows[items[k][0]] for k in group]
-                for k, p in zip(group, self.model.predict_last(windows)):
+        group: list[tuple[int, Any]] = []  # (item, the window MAGT reads for it)
+        committed: set[str] = set()
+        for i in range(len(items) + 1):
+            # A session commits at most once per MAGT call, which keeps its utterances in order.
+            if i == len(items) or (items[i][3] and items[i][0] in committed):
+                for (k, _), p in zip(group, self.model.predict_last([w for _, w in group])):
                     fused[k] = self._named(p)
-                group = []
+                group, committed = [], set()
             if i < len(items):
-                session, speaker, _ = items[i]
-                self._window(session).push(speaker, feats[i])
-                group.append(i)
+                session, speaker, _, commit = items[i]
+                window = self._window(session)
+                if commit:
+                    window.push(speaker, feats[i])
+                    committed.add(session)
+                else:
+                    window = window.with_pending(speaker, feats[i])
+                group.append((i, window))
         return [{"probs": fused[i], "modalities": mprobs[i]} for i in range(len(items))]
 
     def _named(self, probs: np.ndarray) -> dict[str, float]:
@@ -303,7 +315,11 @@ class FusionWorker:
 
         Returns {"probs": {label: p}, "modalities": {modality: {label: p} | None}}.
         """
-        return (await self.batcher.submit([(session, speaker, dict(vectors))]))[0]
+        return (await self.batcher.submit([(session, speaker, dict(vectors), True)]))[0]
+
+    async def peek(self, session: str, speaker: str, vectors: Mapping[str, Optional[np.ndarray]]) -> dict[str, Any]:
+        """What `fuse` would return for an utterance still being spoken, without pushing it (interim events)."""
+        return (await self.batcher.submit([(session, speaker, dict(vectors), False)]))[0]
 
     async def window_sizes(self) -> dict[str, int]:
         """Utterances held per session window (introspection for health and tests)."""

@@ -46,6 +46,8 @@ class _Session:
     utterances: int = 0
     failed: int = 0
     crops: set[asyncio.Task] = field(default_factory=set)  # face crops in flight (crop on arrival)
+    interim: Optional[asyncio.Task] = None  # the interim prediction in flight
+    interim_marks: dict[int, float] = field(default_factory=dict)  # utterance -> seconds spoken at its last interim
     last_crop_ts: float = float("-inf")
 
 
@@ -109,6 +111,7 @@ class PipelineSink:
         now = self.clock() if wall is None else wall
         jobs = await asyncio.get_running_loop().run_in_executor(self._vad_pool, sess.core.push_audio, samples, now)
         self._launch(sess, jobs)
+        self._maybe_interim(sess)
 
     async def video(self, session: str, ts: float, frame_bgr: np.ndarray) -> None:
         """Keep a frame for the utterance that will span it; a face encoder crops it now, at crop_fps."""
@@ -207,10 +210,7 @@ class PipelineSink:
         error: Optional[str] = None
         asr: Any = None
         try:
-            if job.frames and p.has("video"):
-                side["video"] = asyncio.ensure_future(_timed(p.call("video", "encode", [VideoInput(job.frames)])))
-            if not p.info["audio_from_asr"]:
-                side["audio"] = asyncio.ensure_future(_timed(p.call("audio", "encode", [AudioInput(job.audio)])))
+            side.update(self._media_tasks(job))
             try:
                 asr, stages["asr"] = await _timed(p.call("asr", "transcribe", job.audio))
                 job.text = asr.text
@@ -229,16 +229,8 @@ class PipelineSink:
             if asr is not None:
                 self._emit(job.session, make_transcript(job.session, job.index, job.text or "", job.speaker,
                                                         job.start_s, job.end_s))
-            vectors: dict[str, Optional[np.ndarray]] = {m: None for m in MODALITIES}
-            if asr is not None and p.info["audio_from_asr"] and asr.audio_vector is not None:
-                vectors["audio"] = np.asarray(asr.audio_vector, dtype=np.float32)
-            for m, task in side.items():
-                try:
-                    (vecs, present), stages[m] = await task
-                    if bool(present[0]):
-                        vectors[m] = vecs[0]
-                except Exception as exc:
-                    error = error or f"{m}: {_describe(exc)}"
+            vectors, side_error = await self._vectors(asr, side, stages)
+            error = error or side_error
             fused: Optional[dict[str, Any]] = None
             if error is None:
                 try:
@@ -260,6 +252,80 @@ class PipelineSink:
                 if not fut.done():
                     fut.set_result(None)
 
+    def _media_tasks(self, job: UtteranceJob) -> dict[str, asyncio.Future]:
+        """Video (and, without Whisper audio vectors, audio) encoding, started alongside ASR."""
+        p, side = self.pipeline, {}
+        if job.frames and p.has("video"):
+            side["video"] = asyncio.ensure_future(_timed(p.call("video", "encode", [VideoInput(job.frames)])))
+        if not p.info["audio_from_asr"]:
+            side["audio"] = asyncio.ensure_future(_timed(p.call("audio", "encode", [AudioInput(job.audio)])))
+        return side
+
+    async def _vectors(
+        self, asr: Any, side: Mapping[str, asyncio.Future], stages: dict[str, float]
+    ) -> tuple[dict[str, Optional[np.ndarray]], Optional[str]]:
+        """Backbone vectors by modality (None: absent) from ASR and the side tasks; the first error, if any."""
+        vectors: dict[str, Optional[np.ndarray]] = {m: None for m in MODALITIES}
+        error = None
+        if asr is not None and self.pipeline.info["audio_from_asr"] and asr.audio_vector is not None:
+            vectors["audio"] = np.asarray(asr.audio_vector, dtype=np.float32)
+        for m, task in side.items():
+            try:
+                (vecs, present), stages[m] = await task
+                if bool(present[0]):
+                    vectors[m] = vecs[0]
+            except Exception as exc:
+                error = error or f"{m}: {_describe(exc)}"
+        return vectors, error
+
+    # ------------------------------------------------------------ interim events
+
+    def _maybe_interim(self, sess: _Session) -> None:
+        """Start an interim prediction when speech has run another interim_every_s and the session is idle.
+
+        Only when none of the session's utterances is in flight, so an interim
+        never delays a final event or lands between an earlier utterance's events.
+        """
+        every = self.pipeline.stream.interim_every_s
+        if every <= 0 or sess.interim is not None or sess.tasks:
+            return
+        job = sess.core.open_utterance()
+        if job is None:
+            return
+        spoken = job.end_s - job.start_s
+        done = sess.interim_marks.get(job.index, 0.0)
+        if spoken - done < every:
+            return
+        sess.interim_marks = {job.index: spoken}
+        sess.interim = asyncio.get_running_loop().create_task(self._interim(sess, job),
+                                                              name=f"interim:{job.session}:{job.index}")
+
+    async def _interim(self, sess: _Session, job: UtteranceJob) -> None:
+        """ASR, encoders and a fusion peek over the speech so far; published unless the utterance already ended."""
+        p = self.pipeline
+        stages: dict[str, float] = {}
+        side = self._media_tasks(job)
+        try:
+            asr, stages["asr"] = await _timed(p.call("asr", "transcribe", job.audio))
+            job.text = asr.text or ""
+            if job.text.strip():
+                item = TextInput(job.speaker, job.text, job.context)
+                side["text"] = asyncio.ensure_future(_timed(p.call("text", "encode", [item])))
+            vectors, error = await self._vectors(asr, side, stages)
+            if error is not None:
+                raise RuntimeError(error)
+            fused, stages["fusion"] = await _timed(p.call("fusion", "peek", job.session, job.speaker, vectors,
+                                                          key=job.session))
+            if sess.core.next_index != job.index or self.sessions.get(job.session) is not sess:
+                return  # the utterance ended meanwhile: its final event supersedes this one
+            self._emit(job.session, self._emotion(job, vectors, fused, stages, None, final=False))
+        except Exception as exc:  # an interim is a courtesy: its failure costs nothing else
+            log.info("interim for utterance %d of session %s skipped: %s", job.index, job.session, _describe(exc))
+            for task in side.values():
+                task.cancel()
+        finally:
+            sess.interim = None
+
     def _emotion(
         self,
         job: UtteranceJob,
@@ -267,6 +333,7 @@ class PipelineSink:
         fused: Optional[dict[str, Any]],
         stages: dict[str, float],
         error: Optional[str],
+        final: bool = True,
     ) -> dict[str, Any]:
         sess = self.sessions.get(job.session)
         if error is not None:
@@ -284,7 +351,7 @@ class PipelineSink:
         return make_emotion(
             job.session, job.index, probs=probs, modalities=modalities, start=job.start_s, end=job.end_s,
             speaker=job.speaker, text=job.text or "", model=self.model_id,
-            stages_ms={k: round(v, 3) for k, v in stages.items()}, e2e_ms=round(e2e, 3), error=error,
+            stages_ms={k: round(v, 3) for k, v in stages.items()}, e2e_ms=round(e2e, 3), error=error, final=final,
         )
 
     def in_flight(self, session: str) -> int:

@@ -53,6 +53,14 @@ class SessionWindow:
     def push(self, speaker: str, features: Mapping[str, np.ndarray | None]) -> None:
         self.items.append(WindowItem(self.speaker_id(speaker), {m: features.get(m) for m in MODALITIES}))
 
+    def with_pending(self, speaker: str, features: Mapping[str, np.ndarray | None]) -> "SessionWindow":
+        """A copy with one more utterance pushed; this window is untouched (interim predictions)."""
+        copy = SessionWindow(self.window, self.max_speakers)
+        copy.items = deque(self.items, maxlen=self.window)
+        copy._speakers = dict(self._speakers)
+        copy.push(speaker, features)
+        return copy
+
 
 @dataclass
 class FusionResult:

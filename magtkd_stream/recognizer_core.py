@@ -85,6 +85,11 @@ class FrameBuffer:
         elif len(self.items) <= self.max_frames // 4:
             self.min_gap /= 2
 
+    def peek(self, start_s: float, end_s: float, limit: int) -> list[np.ndarray]:
+        """Frames inside [start_s, end_s] sampled down to `limit`, all kept (an utterance still open)."""
+        inside = [f for t, f in self.items if start_s <= t <= end_s]
+        return [inside[i] for i in sample_evenly(len(inside), limit)]
+
     def take(self, start_s: float, end_s: float, limit: int) -> tuple[list[float], list[np.ndarray]]:
         """Frames inside [start_s, end_s] sampled down to `limit`; frames up to end_s are released."""
         inside = [(t, f) for t, f in self.items if start_s <= t <= end_s]
@@ -174,6 +179,25 @@ class SessionCore:
             return []
         self.finished = True
         return self._jobs(self.segmenter.flush(), self.clock() if wall is None else wall)
+
+    def open_utterance(self) -> Optional[UtteranceJob]:
+        """The utterance still being spoken, as a job (audio and frames so far); None in silence.
+
+        Its index is the one the finished utterance will get; nothing is consumed,
+        so interim predictions can be made from it as often as wanted.
+        """
+        if self.finished:
+            return None
+        speech = self.segmenter.open_speech()
+        if speech is None:
+            return None
+        start_s, audio = speech
+        end_s = start_s + audio.size / SAMPLE_RATE
+        return UtteranceJob(
+            session=self.session, index=self.next_index, speaker=self.speaker, start_s=start_s, end_s=end_s,
+            audio=audio, frames=self.frames.peek(start_s, end_s, self.num_frames),
+            context=self.context_before(self.next_index), end_wall=self.arrival_wall(end_s), cut_wall=self.clock(),
+        )
 
     # ---- transcripts (context for the prompt) --------------------------------------
     def set_transcript(self, index: int, text: str, speaker: Optional[str] = None) -> None:

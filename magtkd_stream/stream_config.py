@@ -74,6 +74,7 @@ class StreamConfig:
     vad: VADConfig = field(default_factory=VADConfig)
     window: int = 0  # utterances MAGT sees per prediction; 0 = the checkpoint's (magt.window)
     max_frames: int = 48  # video frames buffered per session; older ones are thinned, never unbounded
+    interim_every_s: float = 0.0  # an emotion_interim event per this much ongoing speech (0: none)
     crop_fps: float = 3.0  # face encoders: frames per second cropped as they arrive (0: all at utterance end)
     shed_video_after: int = 4  # utterances of a session in flight beyond which new ones skip video (overload)
     max_restarts: int = 3  # Ray restarts of a crashed actor before it is declared dead
@@ -91,6 +92,8 @@ class StreamConfig:
             _check(_integer(value) and value >= low, key, f"must be an integer >= {low}, got {value!r}")
         _check(_number(self.crop_fps) and 0 <= self.crop_fps <= 60, "crop_fps",
                f"must be in [0, 60] frames per second (0 = crop at the utterance's end), got {self.crop_fps!r}")
+        _check(_number(self.interim_every_s) and self.interim_every_s >= 0, "interim_every_s",
+               f"must be >= 0 seconds (0 = no interim events), got {self.interim_every_s!r}")
         for key in ("call_timeout_s", "restart_wait_s"):
             value = getattr(self, key)
             _check(_number(value) and value > 0, key, f"must be > 0 seconds, got {value!r}")

@@ -159,6 +159,13 @@ class VADSegmenter:
         out, self._out = self._out, []
         return out
 
+    def open_speech(self) -> Optional[tuple[float, np.ndarray]]:
+        """The speech still going on: (media start, its audio so far with the start padding); None in silence."""
+        if not self._triggered:
+            return None
+        begin = max(self._start - self._pad, self._last_end, self._buf_start)
+        return self.time_offset_s + begin / SAMPLE_RATE, self._slice(begin, self._n)
+
     @property
     def position_s(self) -> float:
         """Media time up to which audio has been pushed."""

@@ -307,3 +307,40 @@ def test_lite_profile_transcribes_and_fuses(ray_local) -> None:
         print("lite stages (ms):", emotion["timing"])
     finally:
         pipe.stop()
+
+
+def test_interim_events_come_before_their_final_and_leave_the_window_alone(tiny: Pipeline) -> None:
+    import copy
+    import dataclasses
+
+    pipe = copy.copy(tiny)  # the same actors, with interim events every second of speech
+    pipe.stream = dataclasses.replace(tiny.stream, interim_every_s=1.0)
+    col = Collector()
+    col.start("live")
+    long_line = "Honestly I was not expecting any of this, and now I really do not know what to say about it."
+    audio = conversation(long_line, SECOND)
+    sizes: dict[str, int] = {}
+
+    async def main() -> None:
+        sink = PipelineSink(pipe, col.publish)
+        await sink.open("live", "Ann", False)
+        for i in range(0, audio.size, 1600):  # real-time pace, so speech is still going on while interims run
+            await sink.audio("live", audio[i : i + 1600])
+            await asyncio.sleep(0.1)
+        await col.wait_for(lambda e: e["type"] == "emotion" and e["utterance"] == 1)
+        sizes.update(await pipe.call("fusion", "window_sizes"))
+        await sink.end("live")
+
+    asyncio.run(main())
+    events = col.of("live")
+    interims = [e for e in events if e["type"] == "emotion_interim"]
+    assert interims, [(e["type"], e.get("utterance")) for e in events]
+    assert any(e["utterance"] == 0 for e in interims), "the long first line gets an interim"
+    finals = {e["utterance"]: e for e in events if e["type"] == "emotion"}
+    for e in interims:
+        final = finals[e["utterance"]]
+        assert e["final"] is False and e["status"] == "ok"
+        assert e["seq"] < final["seq"], "an interim never follows its final"
+        assert e["end"] <= final["end"] + 1e-6 and e["start"] == pytest.approx(final["start"], abs=0.05)
+    assert sizes["live"] == 2, "interim predictions do not enter the session window"
+    assert [e["final"] for e in events if e["type"] == "emotion"] == [True, True]

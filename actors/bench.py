@@ -265,9 +265,10 @@ def summarize(runs: Sequence[SessionRun]) -> dict[str, Any]:
     e2e: list[float] = []
     server_e2e: list[float] = []
     stages: dict[str, list[float]] = {}
-    utterances = failed = 0
+    utterances = failed = interims = 0
     for run in runs:
         for wall, event in run.events:
+            interims += event.get("type") == "emotion_interim"
             if event.get("type") != "emotion":
                 continue
             utterances += 1
@@ -283,6 +284,7 @@ def summarize(runs: Sequence[SessionRun]) -> dict[str, Any]:
     return {
         "utterances": utterances,
         "failed": failed,
+        "interim_events": interims,
         "sessions_failed": sum(1 for r in runs if r.error),
         "session_errors": [f"{r.session}: {r.error}" for r in runs if r.error],
         "e2e_ms": _pcts(e2e),

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 PublishFn = Callable[[str, Mapping[str, Any]], Any]
 ALL_CONTEXT_TURNS = 32  # earlier transcripts kept per session when the config asks for all of them
+MAX_CROPS_IN_FLIGHT = 4  # per session; a real-time stream at crop_fps never comes close
 
 
 @dataclass
@@ -124,6 +125,8 @@ class PipelineSink:
         if ts - sess.last_crop_ts < 1.0 / self.pipeline.stream.crop_fps - 1e-6:
             return  # thinned: the utterance samples num_frames faces anyway
         sess.last_crop_ts = ts
+        while len(sess.crops) >= MAX_CROPS_IN_FLIGHT:  # back-pressure: a fast replay waits for the detector
+            await asyncio.wait(set(sess.crops), return_when=asyncio.FIRST_COMPLETED)
         task = asyncio.get_running_loop().create_task(self._crop(sess, ts, frame_bgr), name=f"crop:{session}")
         sess.crops.add(task)
         task.add_done_callback(sess.crops.discard)
@@ -281,22 +284,23 @@ class PipelineSink:
     # ------------------------------------------------------------ interim events
 
     def _maybe_interim(self, sess: _Session) -> None:
-        """Start an interim prediction when speech has run another interim_every_s and the session is idle.
+        """Start an interim prediction when speech has run another interim_every_s and the pipeline is idle.
 
-        Only when none of the session's utterances is in flight, so an interim
-        never delays a final event or lands between an earlier utterance's events.
+        Only when no utterance of any session is in flight and no other interim
+        runs: an interim never lands between an earlier utterance's events, and
+        finals (what latency is promised for) never queue behind more than one.
         """
         every = self.pipeline.stream.interim_every_s
-        if every <= 0 or sess.interim is not None or sess.tasks:
+        if every <= 0 or any(x.tasks or x.interim is not None for x in self.sessions.values()):
+            return
+        spoken = sess.core.segmenter.open_speech_seconds()
+        index = sess.core.next_index
+        if spoken is None or spoken - sess.interim_marks.get(index, 0.0) < every:
             return
         job = sess.core.open_utterance()
         if job is None:
             return
-        spoken = job.end_s - job.start_s
-        done = sess.interim_marks.get(job.index, 0.0)
-        if spoken - done < every:
-            return
-        sess.interim_marks = {job.index: spoken}
+        sess.interim_marks = {index: spoken}
         sess.interim = asyncio.get_running_loop().create_task(self._interim(sess, job),
                                                               name=f"interim:{job.session}:{job.index}")
 

@@ -11,6 +11,7 @@ bounded: old audio is dropped by the segmenter, old frames here.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -59,7 +60,8 @@ class FrameBuffer:
     utterance (the segmenter cuts speech at max_utterance_s) and are dropped.
     When more than `max_frames` remain, every other frame is dropped and the
     minimum spacing of new frames doubles, so a long utterance keeps frames
-    spread over its whole span at a bounded memory cost.
+    spread over its whole span at a bounded memory cost. Thread-safe: faces
+    cropped as frames arrive are pushed while the segmenter's thread takes.
     """
 
     def __init__(self, max_frames: int, horizon_s: float) -> None:
@@ -69,8 +71,13 @@ class FrameBuffer:
         self.horizon_s = horizon_s
         self.items: deque[tuple[float, np.ndarray]] = deque()
         self.min_gap = 0.0
+        self._lock = threading.Lock()
 
     def push(self, ts: float, frame: np.ndarray) -> None:
+        with self._lock:
+            self._push(ts, frame)
+
+    def _push(self, ts: float, frame: np.ndarray) -> None:
         if self.items and ts < self.items[-1][0]:
             return  # out of order: a stale frame, never worth reordering the buffer for
         if self.items and ts - self.items[-1][0] < self.min_gap:
@@ -87,16 +94,18 @@ class FrameBuffer:
 
     def peek(self, start_s: float, end_s: float, limit: int) -> list[np.ndarray]:
         """Frames inside [start_s, end_s] sampled down to `limit`, all kept (an utterance still open)."""
-        inside = [f for t, f in self.items if start_s <= t <= end_s]
+        with self._lock:
+            inside = [f for t, f in self.items if start_s <= t <= end_s]
         return [inside[i] for i in sample_evenly(len(inside), limit)]
 
     def take(self, start_s: float, end_s: float, limit: int) -> tuple[list[float], list[np.ndarray]]:
         """Frames inside [start_s, end_s] sampled down to `limit`; frames up to end_s are released."""
-        inside = [(t, f) for t, f in self.items if start_s <= t <= end_s]
-        while self.items and self.items[0][0] <= end_s:
-            self.items.popleft()
-        if len(self.items) <= self.max_frames // 4:
-            self.min_gap = 0.0
+        with self._lock:
+            inside = [(t, f) for t, f in self.items if start_s <= t <= end_s]
+            while self.items and self.items[0][0] <= end_s:
+                self.items.popleft()
+            if len(self.items) <= self.max_frames // 4:
+                self.min_gap = 0.0
         picked = [inside[i] for i in sample_evenly(len(inside), limit)]
         return [t for t, _ in picked], [f for _, f in picked]
 

@@ -159,6 +159,12 @@ class VADSegmenter:
         out, self._out = self._out, []
         return out
 
+    def open_speech_seconds(self) -> Optional[float]:
+        """Seconds of the speech still going on, start padding included (cheap); None in silence."""
+        if not self._triggered:
+            return None
+        return (self._n - max(self._start - self._pad, self._last_end, self._buf_start)) / SAMPLE_RATE
+
     def open_speech(self) -> Optional[tuple[float, np.ndarray]]:
         """The speech still going on: (media start, its audio so far with the start padding); None in silence."""
         if not self._triggered:

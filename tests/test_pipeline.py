@@ -293,17 +293,25 @@ def test_lite_profile_transcribes_and_fuses(ray_local) -> None:
         col = Collector()
         col.start("lite")
 
+        sample = Path(__file__).resolve().parent.parent / "demo" / "samples" / "conversation.mp4"
+        with av.open(str(sample)) as container:  # a frame with the sample's portrait: a face to crop
+            face = next(container.decode(video=0)).to_ndarray(format="bgr24")
+        audio = conversation(FIRST)
+
         async def main() -> None:
             sink = PipelineSink(pipe, col.publish)
-            await sink.open("lite", "Ann", False)
-            await push(sink, "lite", conversation(FIRST))
+            await sink.open("lite", "Ann", True)
+            for i in range(0, audio.size, 1600):  # 10 frames per second of media, cropped as they arrive
+                await sink.video("lite", i / SR, face)
+                await sink.audio("lite", audio[i : i + 1600])
             await sink.end("lite")
 
         asyncio.run(main())
+        assert pipe.info["crop_on_arrival"]
         transcript = col.of("lite", "transcript")[0]["text"].lower()
         assert "pizza" in transcript and "john" in transcript
         emotion = col.of("lite", "emotion")[0]
-        assert emotion["status"] == "ok" and emotion["present"] == ["text", "audio"]
+        assert emotion["status"] == "ok" and emotion["present"] == ["text", "audio", "video"]
         print("lite stages (ms):", emotion["timing"])
     finally:
         pipe.stop()

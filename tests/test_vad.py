@@ -149,3 +149,18 @@ def test_bad_input_and_config_are_rejected() -> None:
         VADConfig(threshold=1.5)
     with pytest.raises(ConfigError, match="vad.max_utterance_s"):
         VADConfig(max_utterance_s=60)
+
+
+def test_open_speech_shows_the_utterance_still_going_on(two_sentences) -> None:
+    audio, truth = two_sentences
+    seg = VADSegmenter(VADConfig())
+    assert seg.open_speech() is None and seg.open_speech_seconds() is None
+    middle = (truth[0][0] + truth[0][1]) / 2
+    assert seg.push(audio[: int(middle * SR)]) == []
+    start, so_far = seg.open_speech()
+    assert abs(start - (truth[0][0] - 0.2)) < TOLERANCE_S  # the start padding is included
+    assert so_far.size / SR == pytest.approx(seg.open_speech_seconds(), abs=1e-6)
+    assert start + so_far.size / SR <= seg.position_s + 1e-6
+    utts = seg.push(audio[int(middle * SR) : int((truth[0][1] + 0.9) * SR)])
+    assert len(utts) == 1 and seg.open_speech() is None, "once it ends, nothing is open"
+    np.testing.assert_array_equal(utts[0].audio[: so_far.size], so_far)

@@ -168,7 +168,7 @@ class EncoderWorker:
         """
         if not self.crops_faces():
             raise TypeError(f"the {self.modality} encoder {type(self.encoder).__name__} does not crop faces")
-        return self.encoder.crop_frame(frame)
+        return await self.batcher.call(self.encoder.crop_frame, frame)  # on the model thread, between batches
 
     def _encode_batch(self, items: list[Any]) -> list[tuple[np.ndarray, bool]]:
         out = self.encoder.encode(items)
@@ -234,6 +234,12 @@ class FusionWorker:
                 raise ValueError(
                     f"checkpoint {checkpoint} was trained on encoder widths {trained}, but the configured encoders give "
                     f"{dict(encoder_dims)} (mismatch: {wrong}); use the checkpoint's profile"
+                )
+            trained_window, window_now = ck.config.encoders.asr.window_seconds, cfg.encoders.asr.window_seconds
+            if ck.config.encoders.audio.kind == "whisper" and trained_window != window_now:
+                raise ValueError(
+                    f"checkpoint {checkpoint} was trained on Whisper vectors of a {trained_window:g} s window, but "
+                    f"encoders.asr.window_seconds is {window_now:g}; set it to {trained_window:g}"
                 )
             self.model = FusionModel.from_checkpoint(ck)
             self.labels = list(ck.labels)

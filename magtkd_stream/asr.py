@@ -361,12 +361,6 @@ class ScriptedASR:
             raise RuntimeError(f"ScriptedASR: script of {len(self.script)} transcripts exhausted")
         return self.script[index % len(self.script)]
 
-    @staticmethod
-    def _max_tokens(sizes: Sequence[int]) -> int:
-        """Token budget for the batch: far above speech rate, yet a repetition loop stops early."""
-        seconds = max(sizes) / SAMPLE_RATE
-        return int(min(MAX_TOKENS, 16 + math.ceil(seconds * TOKENS_PER_SECOND)))
-
     def transcribe_batch(self, waveforms: Sequence[np.ndarray]) -> list[ASRResult]:
         out = []
         for i, w in enumerate(waveforms):

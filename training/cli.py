@@ -31,7 +31,7 @@ from typing import Any, Optional, Sequence
 
 from magtkd_stream.config import Config, ConfigError
 from magtkd_stream.labels import label_set
-from training.recipe_inputs import Limits, load_recipe
+from training.recipe_inputs import Limits, load_recipe, recipe_path
 
 log = logging.getLogger("training.cli")
 
@@ -158,6 +158,7 @@ def _config(args: argparse.Namespace, default: Optional[str] = None) -> Config:
     if ref is None and args.run_dir is not None and (args.run_dir / "config.yaml").is_file():
         ref = args.run_dir / "config.yaml"
     ref = ref or default
+    args.config_source = str(recipe_path(ref)) if ref is not None else None
     if ref is None:
         raise UsageError(f"{args.command}: give --recipe (e.g. configs/train_smoke.yaml) or a --run-dir with a "
                          "config.yaml")
@@ -452,7 +453,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     run = _run_folder(args, cfg, f"{args.command}-{recipe_name}")
     setup_logging(run.path, args.verbose)
     run.write_config(cfg)
-    log.info("magtkd-train %s: run folder %s (profile %s, seed %d)", args.command, run.path, cfg.profile, cfg.seed)
+    log.info("magtkd-train %s: run folder %s (profile %s, seed %d, config %s)", args.command, run.path, cfg.profile,
+             cfg.seed, getattr(args, "config_source", None))
     result = train(args, cfg, run, inputs)
     log.info("done: %s", run.path)
     return result

@@ -26,12 +26,6 @@ UNTRAINED_MODEL_ID = "untrained"
 WARMUP_SESSION = "__warmup__"
 
 
-def torch_stack(rows: Sequence[np.ndarray]) -> Any:
-    import torch
-
-    return torch.as_tensor(np.stack(rows))
-
-
 def _pin_threads(threads: int) -> None:
     import torch
 
@@ -274,6 +268,8 @@ class FusionWorker:
     def _fuse_batch(
         self, items: list[tuple[str, str, dict[str, Optional[np.ndarray]], bool]]
     ) -> list[dict[str, Any]]:
+        import torch
+
         from magtkd_stream.encoders.base import MODALITIES
 
         feats: list[dict[str, Optional[np.ndarray]]] = [{} for _ in items]
@@ -285,7 +281,7 @@ class FusionWorker:
                 mprobs[i][m] = None
             if not rows:
                 continue
-            x = torch_stack([np.asarray(items[i][2][m], dtype=np.float32) for i in rows])
+            x = torch.as_tensor(np.stack([np.asarray(items[i][2][m], dtype=np.float32) for i in rows]))
             f, logits = self.model.head(m, x)
             probs = logits.softmax(-1).numpy()
             for j, i in enumerate(rows):

@@ -120,8 +120,7 @@ class PipelineSink:
         if not self.pipeline.info.get("crop_on_arrival"):
             sess.core.push_frame(ts, frame_bgr)
             return
-        sess.core.check_frame(frame_bgr)
-        sess.core.frames_received += 1
+        sess.core.receive_frame(frame_bgr)
         if ts - sess.last_crop_ts < 1.0 / self.pipeline.stream.crop_fps - 1e-6:
             return  # thinned: the utterance samples num_frames faces anyway
         sess.last_crop_ts = ts
@@ -138,8 +137,8 @@ class PipelineSink:
         except Exception as exc:
             log.warning("session %s: face crop at %.2f s failed: %s", sess.core.session, ts, _describe(exc))
             return
-        if crop is not None and not sess.core.finished:
-            sess.core.frames.push(float(ts), crop)
+        if crop is not None:
+            sess.core.keep_face(ts, crop)
 
     async def end(self, session: str) -> None:
         """Flush the open utterance and return once every event of the session is published."""

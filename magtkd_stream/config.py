@@ -201,7 +201,7 @@ class Stage1Config(StageConfig):
     _key: ClassVar[str] = "train.stage1"
     lr: float = 1e-5
     encoder_lr: Optional[float] = None  # fine-tuned backbone layers; empty = lr (heads always use lr)
-    finetune_epochs: Optional[int] = None  # epochs when backbone layers train (far fewer than for a head); empty = epochs
+    finetune_epochs: Optional[int] = None  # epochs when backbone layers train; empty = epochs
     weight_decay: float = 0.01
     batch_size: int = 4  # utterances
     epochs: int = 10
@@ -313,22 +313,21 @@ def _path_of(name_or_path: str | Path) -> Path:
     return CONFIG_DIR / f"{name_or_path}.yaml"
 
 
-def _parse_override(item: str) -> tuple[list[str], Any]:
-    if "=" not in item:
-        raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. magt.window=4")
-    key, raw = item.split("=", 1)
-    key = key.strip()
-    if not key:
-        raise ConfigError(f"override {item!r}: empty key")
-    return key.split("."), yaml.safe_load(raw) if raw.strip() else None
-
-
-def _set_path(tree: dict[str, Any], parts: list[str], value: Any) -> None:
+def apply_override(tree: dict[str, Any], item: str) -> None:
+    """Set KEY=VALUE (a dotted key) in a config tree; the value is read as YAML (numbers, lists, null)."""
+    key, sep, raw = item.partition("=")
+    parts = key.strip().split(".")
+    if not sep or not all(parts):
+        raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. train.stage2.epochs=5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
     node = tree
     for p in parts[:-1]:
         node = node.setdefault(p, {})
         if not isinstance(node, dict):
-            raise ConfigError(f"override {'.'.join(parts)}: {p!r} is not a section")
+            raise ConfigError(f"--set {item!r}: {p!r} is not a section")
     node[parts[-1]] = value
 
 
@@ -431,8 +430,7 @@ def load_config(name_or_path: str | Path = "lite", overrides: Sequence[str] = ()
         raise ConfigError(f"config {str(name_or_path)!r} not found (looked at {path}); known profiles: {known}")
     data = read_yaml(path)
     for item in overrides:
-        parts, value = _parse_override(item)
-        _set_path(data, parts, value)
+        apply_override(data, item)
     try:
         return _build(Config, data, "")
     except ConfigError as exc:

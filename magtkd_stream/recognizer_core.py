@@ -171,16 +171,21 @@ class SessionCore:
         The frame may also be a face already cropped from it (gray H x W), which
         the face encoder then takes as it is.
         """
-        self.check_frame(frame_bgr)
-        self.frames_received += 1
+        self.receive_frame(frame_bgr)
         self.frames.push(float(ts), frame_bgr)
 
-    def check_frame(self, frame_bgr: Any) -> None:
-        """Raise unless the session takes frames and this is one (a uint8 BGR H x W x 3 or gray H x W array)."""
+    def receive_frame(self, frame_bgr: Any) -> None:
+        """Count a frame; raise unless the session takes frames and this is one (uint8 BGR H x W x 3 or gray H x W)."""
         if self.finished:
             raise RuntimeError(f"session {self.session!r} is finished; no more frames accepted")
         if not isinstance(frame_bgr, np.ndarray) or frame_bgr.dtype != np.uint8 or frame_bgr.ndim not in (2, 3):
             raise ValueError("frame_bgr must be a uint8 numpy array, H x W x 3 in BGR order (or gray H x W)")
+        self.frames_received += 1
+
+    def keep_face(self, ts: float, crop: np.ndarray) -> None:
+        """Keep a face cropped from a frame that receive_frame took (it may arrive late, from another thread)."""
+        if not self.finished:
+            self.frames.push(float(ts), crop)
 
     def finish(self, wall: Optional[float] = None) -> list[UtteranceJob]:
         """End of stream: the utterance still open, if any. Later pushes are refused."""

@@ -17,9 +17,8 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, TypeVar
 
 import numpy as np
-import yaml
 
-from magtkd_stream.config import CONFIG_DIR, Config, ConfigError, config_from_dict, read_yaml
+from magtkd_stream.config import CONFIG_DIR, Config, ConfigError, apply_override, config_from_dict, read_yaml
 from training.data.types import Dataset
 
 logger = logging.getLogger(__name__)
@@ -60,24 +59,6 @@ def merge_profile(recipe: dict[str, Any], profile: dict[str, Any]) -> dict[str, 
         magt["window"] = recipe["magt"]["window"]
     out["magt"] = magt
     return out
-
-
-def apply_override(data: dict[str, Any], item: str) -> None:
-    """KEY=VALUE with a dotted key; the value is read as YAML (numbers, lists, null)."""
-    key, sep, raw = item.partition("=")
-    parts = [p for p in key.strip().split(".")]
-    if not sep or not all(parts):
-        raise ConfigError(f"--set {item!r}: expected KEY=VALUE with a dotted key, e.g. train.stage2.epochs=5")
-    try:
-        value = yaml.safe_load(raw) if raw.strip() else None
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {item!r}: the value is not valid YAML") from None
-    node = data
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"--set {item!r}: {p!r} is not a section")
-    node[parts[-1]] = value
 
 
 def load_recipe(ref: str | Path, overrides: Sequence[str] = (), profile_override: Optional[str] = None,

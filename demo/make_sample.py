@@ -56,6 +56,7 @@ LEAD_S, GAP_S, TAIL_S = 0.6, 1.0, 0.8
 MAX_PAUSE_S = 0.16  # longest pause kept inside one line
 PEAK = 0.7  # of full scale: leaves headroom for AAC overshoot, so decoded audio stays within [-1, 1]
 MAX_BYTES = 2_000_000
+MAX_WER = 0.15  # mean word error rate of the lite ASR over the lines: the words must come through
 CAPTION_TOP = HEIGHT - 78  # faces must stay above the caption band
 
 
@@ -73,7 +74,7 @@ class Side:
 SPEAKERS: tuple[Side, ...] = (
     Side(Voice("Ana", "en-us+f3", 60, 160, (60, 170, 255)), (44, 0, 360, 270), False, (1.0, 1.0, 1.0),
          "the portrait as published, head and shoulders"),
-    Side(Voice("Bea", "en-gb-x-rp+f4", 40, 150, (255, 200, 80)), (168, 20, 240, 180), True, (1.18, 1.02, 0.84),
+    Side(Voice("Bea", "en-gb+f3", 50, 150, (255, 200, 80)), (168, 20, 240, 180), True, (1.18, 1.02, 0.84),
          "the portrait mirrored left-right, framed closer on the face and tinted cooler"),
 )
 
@@ -351,7 +352,35 @@ def check_sample(media: Path, script: Path) -> list[str]:
             problems.append(f"utterance {k} ({u['speaker']}, {mid:.2f} s): no face found by the Haar cascade")
         elif max(y + h for _, y, _, h in faces) > CAPTION_TOP + 20:
             problems.append(f"utterance {k}: face {faces} overlaps the caption band")
+    wer = word_error_rates(audio, utts)
+    mean = float(np.mean(wer)) if wer else 1.0
+    print(f"lite ASR word error rate per line: {' '.join(f'{w:.2f}' for w in wer)} (mean {mean:.3f})")
+    if mean > MAX_WER:
+        problems.append(f"the lite ASR mishears the lines: mean word error rate {mean:.3f} > {MAX_WER}; "
+                        "choose clearer voices or slower rates")
     return problems
+
+
+def word_error_rates(audio: np.ndarray, utterances: Sequence[dict]) -> list[float]:
+    """Word error rate of the lite profile's ASR on each scripted line (case and punctuation ignored).
+
+    The recognizer reads transcripts, so a sample whose voices the ASR mishears
+    shows the ASR's mistakes, not the emotion model.
+    """
+    import jiwer
+
+    from magtkd_stream.asr import build_asr
+    from magtkd_stream.config import load_config
+
+    asr = build_asr(load_config("lite").encoders.asr)
+    norm = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
+                          jiwer.Strip(), jiwer.ReduceToListOfListOfWords()])
+    out = []
+    for u in utterances:
+        speech = audio[max(0, int((u["start"] - 0.2) * 16000)) : int((u["end"] + 0.2) * 16000)]
+        heard = asr.transcribe(speech.astype(np.float32)).text
+        out.append(float(jiwer.wer(u["text"], heard or "-", reference_transform=norm, hypothesis_transform=norm)))
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:

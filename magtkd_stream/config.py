@@ -207,9 +207,12 @@ class Stage1Config(StageConfig):
     epochs: int = 10
     eval_batch_size: int = 32  # utterances per batch when encoding for caches and evaluation
     cache_on_disk: bool = True  # keep frozen-backbone vectors in the run folder for reuse
+    asr_style_prob: float = 0.0  # text: chance each training turn is rewritten as ASR output (no "!", "...")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        _check(0.0 <= self.asr_style_prob <= 1.0, "train.stage1.asr_style_prob",
+               f"must be in [0, 1], got {self.asr_style_prob}")
         _check(self.encoder_lr is None or self.encoder_lr > 0, "train.stage1.encoder_lr",
                f"must be > 0 or empty (= lr), got {self.encoder_lr}")
         _check(self.finetune_epochs is None or self.finetune_epochs >= 1, "train.stage1.finetune_epochs",

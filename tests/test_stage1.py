@@ -397,3 +397,28 @@ def test_length_grouped_batches_hold_similar_lengths_in_random_order() -> None:
     assert spread < 40, spread  # random batches of 8 span about 350
     firsts = [min(lengths[i] for i in b) for b in batches]
     assert firsts != sorted(firsts), "batches are shuffled, not sorted"
+
+
+def test_text_teacher_trains_on_asr_style_turns_and_scores_dev_both_ways(data: Dataset) -> None:
+    from training.stage1 import train_stage1
+    from training.stage1_state import build_seeded_encoder
+
+    cfg = _cfg("train.stage1.epochs=1", "encoders.text.trainable_layers=1", "train.stage1.asr_style_prob=1.0")
+    encoder = build_seeded_encoder("text", cfg)
+    encoder.set_trainable_layers(1)
+    seen: list[tuple[bool, str]] = []
+    collate = encoder.collate
+
+    def spy(items):
+        seen.extend((encoder.training, it.text) for it in items)
+        return collate(items)
+
+    encoder.collate = spy  # type: ignore[method-assign]
+    typed = {u.text for s in data.splits for u in data.utterances(s) if u.text}
+    assert any("!" in t for t in typed), "the synthetic data must contain typed '!' for this test to mean anything"
+    result = train_stage1(cfg, data, "text", encoder=encoder, run=None, progress=False)
+    assert "dev_asr_style" in result.metrics and result.metrics["dev_asr_style"]["n"] == result.metrics["dev"]["n"]
+    trained = [t for training, t in seen if training]
+    scored = [t for training, t in seen if not training]
+    assert trained and not any("!" in t for t in trained)  # every training turn read as ASR output
+    assert any("!" in t for t in scored)  # dev and test were also scored as typed

@@ -191,6 +191,10 @@ def test_subcommands_stage1_extract_stage2_evaluate(smoke: Path, synth: Path, tm
     assert main(["stage1", "--modality", "text", *common]) == 0
     teacher = run / "checkpoints" / "best-stage1-text.safetensors"
     assert teacher.is_file()
+    capsys.readouterr()
+    assert main(["text-style", "--checkpoint", str(teacher), "--meld", str(synth), "--split", "dev"]) == 0
+    styles = json.loads(capsys.readouterr().out)
+    assert styles["typed"]["n"] == styles["asr_style"]["n"] > 0  # the same dev lines, read both ways
     assert main(["stage1", "--modality", "audio", *common]) == 0
     assert main(["stage1", "--modality", "video", *common]) == 0
     assert main(["stage1", "--modality", "audio", "--teacher", str(teacher), *common]) == 0
@@ -231,6 +235,8 @@ def test_wrong_paths_and_config_exit_2_with_one_line(tmp_path: Path, capsys: pyt
                                "--runs-root", str(tmp_path)], capsys)
     assert "lite" in _fail(["lite", "--meld", str(missing), "--ravdess", str(tmp_path), "--fer", str(tmp_path),
                             "--runs-root", str(tmp_path), "--no-export"], capsys)
+    assert "--checkpoint" in _fail(["text-style", "--checkpoint", str(tmp_path / "none.safetensors"), "--meld",
+                                    str(tmp_path)], capsys)
     assert "--paired" in _fail(["paired", "--paired", str(tmp_path / "x.npz"), "--runs-root", str(tmp_path)], capsys)
 
 

@@ -117,6 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=int, action="append", default=None,
                    help="context window, 0 = full dialogue (repeatable; default: the checkpoint's)")
 
+    p = sub.add_parser("text-style", help="score a checkpoint's text teacher on MELD, as typed and as ASR output")
+    p.add_argument("--checkpoint", type=Path, required=True, help="a streaming or stage-1 text checkpoint "
+                                                                   "(its own config builds the encoder)")
+    p.add_argument("--meld", type=Path, required=True, help="folder with MELD's train/dev/test_sent_emo.csv")
+    p.add_argument("--split", default="dev", help="split to score (default dev)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging on the console")
+
     p = sub.add_parser("paired", help="RAVDESS face-AU -> voice-MFCC distillation experiment")
     _common(p, "recipe whose kd section gives the KD weights (default configs/train_lite.yaml)")
     p.add_argument("--paired", type=Path, default=None, help="ravdess_au_mfcc_actors01-20.npz")
@@ -353,6 +360,34 @@ def _cmd_evaluate(args: argparse.Namespace, run_dir: Optional[Path]) -> dict[str
             "windows": evaluate_checkpoint(cfg, Path(ckpt), file, windows)}
 
 
+def _cmd_text_style(args: argparse.Namespace) -> dict[str, Any]:
+    """Typed vs ASR-style scores of a checkpoint's text teacher: how much it leans on punctuation the ASR drops."""
+    from magtkd_stream.checkpoint import load_checkpoint
+    from training.data import load_meld
+    from training.metrics import compute_metrics
+    from training.stage1 import predict_stage1
+    from training.stage1_state import load_stage1_model
+    from training.transcript_style import TranscriptStyler
+
+    _exists(args.checkpoint, "--checkpoint", "file")
+    try:
+        model = load_stage1_model(args.checkpoint, modality="text")
+        ds = load_meld(_exists(args.meld, "--meld"))
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(" ".join(str(exc).split())) from None
+    if args.split not in ds.splits:
+        raise UsageError(f"--split {args.split}: MELD has {sorted(ds.splits)}")
+    cfg = load_checkpoint(args.checkpoint).config
+    out: dict[str, Any] = {"checkpoint": str(args.checkpoint), "split": args.split}
+    for style, transform in (("typed", None), ("asr_style", TranscriptStyler(1.0))):
+        t, p = predict_stage1(model, cfg, ds, args.split, transform=transform)
+        m = compute_metrics(t, p, list(ds.labels))
+        out[style] = {k: m[k] for k in ("n", "accuracy", "weighted_f1", "macro_f1", "per_class_f1")}
+        log.info("MELD %s %s: acc %.4f wF1 %.4f mF1 %.4f", args.split, style, m["accuracy"], m["weighted_f1"],
+                 m["macro_f1"])
+    return out
+
+
 def _prepare_paired(args: argparse.Namespace, cfg: Config) -> Path:
     npz = args.paired
     if npz is None:
@@ -444,6 +479,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
 
             RunFolder(args.run_dir).save_metrics(f"evaluate-{args.split}", result)
         return result
+    if args.command == "text-style":
+        return _cmd_text_style(args)
     cfg = _config(args, _DEFAULT_RECIPE.get(args.command))
     if args.resume and (args.run_dir is None or not args.run_dir.is_dir()):
         raise UsageError(f"--resume needs --run-dir naming an existing run folder (got {args.run_dir})")
@@ -474,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception:  # noqa: BLE001 - the entry point reports any failure and exits non-zero
         log.exception("magtkd-train %s failed", args.command)
         return 1
-    if args.command in ("evaluate", "stage1", "extract"):
+    if args.command in ("evaluate", "stage1", "extract", "text-style"):
         print(json.dumps(result, indent=2, default=str))
     return 0
 

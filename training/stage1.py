@@ -35,8 +35,17 @@ from training.metrics import compute_metrics, save_confusion_png
 from training.runs import RunFolder, resolve_device, seed_everything
 from training.runs import progress as progress_bar
 from training.stage1_cache import TeacherOutputs, cached_backbone, model_device, teacher_outputs
-from training.stage1_inputs import InputProblems, UttRef, has_input, make_input, prompt_length, split_refs
+from training.stage1_inputs import (
+    InputProblems,
+    InputTransform,
+    UttRef,
+    has_input,
+    make_input,
+    prompt_length,
+    split_refs,
+)
 from training.stage1_loop import CachedSource, LiveSource, Source, source_rows
+from training.transcript_style import TranscriptStyler, styler_for
 from training.stage1_state import (
     TrainableView,
     build_seeded_encoder,
@@ -67,6 +76,7 @@ class Stage1Settings:
     num_workers: int = 0
     device: str = "auto"
     cache_on_disk: bool = True  # keep frozen-backbone vectors in the run folder
+    asr_style_prob: float = 0.0  # live text: chance each training turn is rewritten as ASR output
 
     @classmethod
     def from_config(cls, cfg: Config) -> "Stage1Settings":
@@ -165,6 +175,21 @@ def evaluate_source(source: Source, split: str, rows: list[int], labels: torch.T
     return compute_metrics(t, p, names), t, p
 
 
+def _score_asr_style(source: LiveSource, split: str, rows: list[int], lengths: Optional[dict[str, list[int]]],
+                     labels: torch.Tensor, names: tuple[str, ...], batch_size: int, name: str) -> dict[str, Any]:
+    """The split scored again with every turn rewritten as ASR output: how the teacher fares on transcripts."""
+    source.eval_transform = TranscriptStyler(1.0)
+    try:
+        order = sorted(rows, key=lengths[split].__getitem__) if lengths else rows
+        m, _, _ = evaluate_source(source, split, order, labels, names, batch_size)
+    finally:
+        source.eval_transform = None
+    if "weighted_f1" in m:
+        logger.info("stage 1 %s %s as ASR output (no '!', '...', quotes): weighted-F1 %.4f acc %.4f", name, split,
+                    m["weighted_f1"], m["accuracy"])
+    return m
+
+
 def train_stage1(
     cfg: Config,
     dataset: Dataset,
@@ -241,8 +266,11 @@ def train_stage1(
             encoded[s] = (rows[s], enc)
         source = CachedSource(model, encoded, {s: len(r) for s, r in refs.items()}, device, progress)
         rows = {s: source.ok_rows(s) for s in refs}
-    else:
-        source = LiveSource(model, refs, modality, cfg, problems, settings.num_workers, device, progress)
+    styler: Optional[TranscriptStyler] = None
+    if not frozen:
+        styler = styler_for(settings.asr_style_prob if modality == "text" else 0.0, cfg.seed)
+        source = LiveSource(model, refs, modality, cfg, problems, settings.num_workers, device, progress,
+                            train_transform=styler)
 
     t_out = None
     if teacher is not None:
@@ -269,6 +297,9 @@ def train_stage1(
     for s in refs:
         logger.info("stage 1 %s %s: %d of %d utterances used; left out: %s", name, s, len(rows[s]),
                     len(refs[s]), problems[s].counts() or "none")
+    if styler is not None:
+        logger.info("stage 1 %s: each training turn rewritten as ASR output with probability %.2f",
+                    name, styler.prob)
     if not rows["train"] or not rows[SELECT_SPLIT]:
         raise ValueError(f"stage 1 {name}: no usable {modality} utterances in train or {SELECT_SPLIT} "
                          f"({len(rows['train'])} / {len(rows[SELECT_SPLIT])}); see the counts above")
@@ -300,6 +331,8 @@ def train_stage1(
             break
         t0 = time.time()
         gen.manual_seed(cfg.seed * 1000 + epoch)
+        if styler is not None:
+            styler.reseed(epoch)
         order = [rows["train"][i] for i in torch.randperm(len(rows["train"]), generator=gen).tolist()]
         if lengths is not None:
             order = length_grouped(order, lengths["train"], settings.batch_size, gen)
@@ -361,6 +394,9 @@ def train_stage1(
         if folder is not None and "confusion" in m:
             save_confusion_png(m["confusion"], labels_names, folder.figure_path(f"stage1-{name}-{s}"),
                                title=f"stage 1 {name} ({s})")
+        if isinstance(source, LiveSource) and modality == "text":
+            metrics[f"{s}_asr_style"] = _score_asr_style(source, s, rows[s], lengths, labels[s], labels_names,
+                                                         settings.eval_batch_size, name)
     rows = {s: source_rows(source, s, r) for s, r in rows.items()}
     metrics["counts"] = {s: {"utterances": len(refs[s]), "used": len(rows[s]), **problems[s].counts()} for s in refs}
     checkpoint = None
@@ -377,13 +413,16 @@ def train_stage1(
 
 def predict_stage1(
     model: UtteranceModel, cfg: Config, dataset: Dataset, split: str, batch_size: int = 32,
-    num_workers: int = 0,
+    num_workers: int = 0, transform: Optional[InputTransform] = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(y_true, y_pred) of a trained stage-1 model on the labelled utterances of a split that have its modality."""
+    """(y_true, y_pred) of a trained stage-1 model on the labelled utterances of a split that have its modality.
+
+    transform: rewrites each input first (e.g. a TranscriptStyler to read typed text as ASR output).
+    """
     refs = split_refs(dataset, split)
     problems = {split: InputProblems(f"predict/{model.modality}/{split}")}
     source = LiveSource(model, {split: refs}, model.modality, cfg, problems, num_workers,
-                        model_device(model), progress=False)
+                        model_device(model), progress=False, eval_transform=transform)
     rows = _usable_rows(refs, model.modality, model.encoder)
     was = model.training
     model.eval()

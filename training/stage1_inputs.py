@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Any, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
@@ -96,20 +96,26 @@ class Batch:
     failed: list[tuple[int, str]]
 
 
+InputTransform = Callable[[Any], Any]  # rewrites one encoder input (e.g. a TextInput in ASR style)
+
+
 class _Items(torch.utils.data.Dataset):
     """Loads inputs inside DataLoader workers, so decoding overlaps with the network."""
 
-    def __init__(self, refs: Sequence[UttRef], modality: str, encoder: Encoder, cfg: Config) -> None:
+    def __init__(self, refs: Sequence[UttRef], modality: str, encoder: Encoder, cfg: Config,
+                 transform: Optional[InputTransform] = None) -> None:
         self.refs, self.modality, self.encoder, self.cfg = refs, modality, encoder, cfg
+        self.transform = transform
 
     def __len__(self) -> int:
         return len(self.refs)
 
     def __getitem__(self, i: int) -> tuple[int, Any, Optional[str]]:
         try:
-            return i, make_input(self.refs[i], self.modality, self.encoder, self.cfg), None
+            item = make_input(self.refs[i], self.modality, self.encoder, self.cfg)
         except MediaError as exc:
             return i, None, str(exc)
+        return i, (self.transform(item) if self.transform is not None else item), None
 
 
 class _Collate:
@@ -131,13 +137,17 @@ def iter_batches(
     cfg: Config,
     batch_size: int,
     num_workers: int = 0,
+    transform: Optional[InputTransform] = None,
 ) -> Iterator[Batch]:
-    """Batches of the given rows of `refs` in the given order; Batch.rows index `refs`."""
+    """Batches of the given rows of `refs` in the given order; Batch.rows index `refs`.
+
+    transform: applied to each input after it is made (training-time augmentation).
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     subset = [refs[i] for i in rows]
     loader = torch.utils.data.DataLoader(
-        _Items(subset, modality, encoder, cfg), batch_size=batch_size, shuffle=False,
+        _Items(subset, modality, encoder, cfg, transform), batch_size=batch_size, shuffle=False,
         num_workers=num_workers, collate_fn=_Collate(encoder), persistent_workers=False,
     )
     for batch in loader:

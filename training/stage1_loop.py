@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from typing import Iterator, Protocol, Sequence
+from typing import Iterator, Optional, Protocol, Sequence
 
 import torch
 
@@ -18,7 +18,7 @@ from magtkd_stream.config import Config
 from magtkd_stream.encoders.base import UtteranceModel
 from training.runs import progress as progress_bar
 from training.stage1_cache import Encoded, model_device
-from training.stage1_inputs import InputProblems, UttRef, iter_batches, to_device
+from training.stage1_inputs import InputProblems, InputTransform, UttRef, iter_batches, to_device
 
 BatchOut = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]  # rows (cpu), feats, logits, keep (cpu)
 
@@ -70,13 +70,19 @@ class CachedSource:
 
 
 class LiveSource:
-    """Decode, collate and encode every batch (encoders with trainable layers)."""
+    """Decode, collate and encode every batch (encoders with trainable layers).
+
+    train_transform rewrites inputs of training batches only (augmentation);
+    eval_transform rewrites those of evaluation batches (scoring a split in another style).
+    """
 
     def __init__(self, model: UtteranceModel, refs: dict[str, list[UttRef]], modality: str, cfg: Config,
                  problems: dict[str, InputProblems], num_workers: int, device: torch.device,
-                 progress: bool = True) -> None:
+                 progress: bool = True, train_transform: Optional[InputTransform] = None,
+                 eval_transform: Optional[InputTransform] = None) -> None:
         self.model, self.refs, self.modality, self.cfg = model, refs, modality, cfg
         self.problems, self.num_workers, self.device, self.progress = problems, num_workers, device, progress
+        self.train_transform, self.eval_transform = train_transform, eval_transform
 
     def usable(self, split: str, rows: Sequence[int]) -> list[int]:
         """Rows not yet known to have failed or to be absent."""
@@ -86,7 +92,8 @@ class LiveSource:
                 desc: str = "") -> Iterator[BatchOut]:
         refs, problems = self.refs[split], self.problems[split]
         rows = self.usable(split, rows)
-        it = iter_batches(refs, rows, self.modality, self.model.encoder, self.cfg, batch_size, self.num_workers)
+        it = iter_batches(refs, rows, self.modality, self.model.encoder, self.cfg, batch_size, self.num_workers,
+                          self.train_transform if train else self.eval_transform)
         if desc and self.progress:
             it = progress_bar(it, desc, total=math.ceil(len(rows) / batch_size), unit="batch")
         for batch in it:

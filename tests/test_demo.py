@@ -83,6 +83,19 @@ def test_sample_media_matches_its_script(script: dict) -> None:
     assert rms(0, utts[0]["start"] - 0.1) < 0.005
 
 
+def test_the_lite_asr_hears_the_sample_lines(script: dict) -> None:
+    """The recognizer reads transcripts: a sample the ASR mishears would show the ASR's errors, not emotions."""
+    audio = load_audio(MediaSpan(str(MEDIA)), sr=16000)
+    wer = make_sample.word_error_rates(audio, script["utterances"])
+    assert len(wer) == len(script["utterances"])
+    assert float(np.mean(wer)) <= make_sample.MAX_WER, wer
+    assert max(wer) <= 0.35, wer  # no line is lost
+    # the measure itself: a line compared with the wrong audio scores badly
+    swapped = [{**u, "text": script["utterances"][(k + 1) % len(wer)]["text"]}
+               for k, u in enumerate(script["utterances"])]
+    assert min(make_sample.word_error_rates(audio, swapped)) > 0.5
+
+
 def test_a_face_is_found_in_the_middle_of_every_utterance(script: dict) -> None:
     cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
     assert not cascade.empty()

@@ -45,7 +45,6 @@ from training.stage1_inputs import (
     split_refs,
 )
 from training.stage1_loop import CachedSource, LiveSource, Source, source_rows
-from training.transcript_style import TranscriptStyler, styler_for
 from training.stage1_state import (
     TrainableView,
     build_seeded_encoder,
@@ -53,6 +52,7 @@ from training.stage1_state import (
     model_state,
     save_stage1_checkpoint,
 )
+from training.transcript_style import TranscriptStyler, styler_for
 
 logger = logging.getLogger(__name__)
 

@@ -6,6 +6,11 @@ arrived, then runs one batched call on a single worker thread. While that call
 runs, new requests queue up and form the next batch, so under load batches
 grow by themselves and the cost per session falls. The event loop never
 computes, so the actor keeps answering (health pings, new requests) meanwhile.
+
+Work that no one waits on yet (a face detected as its frame arrives) goes in
+through `background`: it runs on the same thread only while no batch is
+waiting, one call at a time, so a batch never queues behind more than one of
+them.
 """
 
 from __future__ import annotations
@@ -29,6 +34,13 @@ class _Request:
     arrived: float = field(default_factory=time.monotonic)
 
 
+@dataclass
+class _Background:
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    future: asyncio.Future
+
+
 class MicroBatcher:
     """`await submit(items)` -> the results of `fn` for those items, computed in a shared batch.
 
@@ -46,6 +58,7 @@ class MicroBatcher:
         self.max_batch = max_batch
         self.name = name
         self._pending: list[_Request] = []
+        self._background: list[_Background] = []
         self._arrival: Optional[asyncio.Event] = None
         self._runner: Optional[asyncio.Task] = None
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
@@ -57,14 +70,25 @@ class MicroBatcher:
         if not items:
             return []
         loop = asyncio.get_running_loop()
+        req = _Request(items, loop.create_future())
+        self._pending.append(req)
+        self._wake(loop)
+        return await req.future
+
+    async def background(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run `fn(*args)` on the model thread when no batch is waiting (batches always go first)."""
+        loop = asyncio.get_running_loop()
+        job = _Background(fn, args, loop.create_future())
+        self._background.append(job)
+        self._wake(loop)
+        return await job.future
+
+    def _wake(self, loop: asyncio.AbstractEventLoop) -> None:
         if self._runner is None or self._runner.done():
             self._arrival = asyncio.Event()
             self._runner = loop.create_task(self._run(), name=f"{self.name}-batcher")
-        req = _Request(items, loop.create_future())
-        self._pending.append(req)
         assert self._arrival is not None
         self._arrival.set()
-        return await req.future
 
     async def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Run `fn(*args)` on the model thread, between batches (warm-up, one-off calls)."""
@@ -76,9 +100,12 @@ class MicroBatcher:
     async def _run(self) -> None:
         assert self._arrival is not None
         while True:
-            if not self._pending:
+            if not self._pending and not self._background:
                 self._arrival.clear()
                 await self._arrival.wait()
+            if not self._pending:
+                await self._run_background(self._background.pop(0))
+                continue
             deadline = self._pending[0].arrived + self.wait_s
             while self._waiting_items() < self.max_batch:
                 left = deadline - time.monotonic()
@@ -120,6 +147,18 @@ class MicroBatcher:
                 r.future.set_result(list(results[pos : pos + n]))
             pos += n
 
+    async def _run_background(self, job: _Background) -> None:
+        if job.future.done():  # the caller gave up
+            return
+        try:
+            result = await self.call(job.fn, *job.args)
+        except Exception as exc:
+            if not job.future.done():
+                job.future.set_exception(exc)
+            return
+        if not job.future.done():
+            job.future.set_result(result)
+
     def _checked(self, flat: list[Any]) -> Sequence[Any]:
         results = self.fn(flat)
         if len(results) != len(flat):
@@ -131,7 +170,11 @@ class MicroBatcher:
             self._runner.cancel()
         for r in self._pending:
             _fail(r, RuntimeError(f"{self.name} closed"))
+        for job in self._background:
+            if not job.future.done():
+                job.future.set_exception(RuntimeError(f"{self.name} closed"))
         self._pending.clear()
+        self._background.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 

@@ -162,7 +162,7 @@ class EncoderWorker:
         """
         if not self.crops_faces():
             raise TypeError(f"the {self.modality} encoder {type(self.encoder).__name__} does not crop faces")
-        return await self.batcher.call(self.encoder.crop_frame, frame)  # on the model thread, between batches
+        return await self.batcher.background(self.encoder.crop_frame, frame)  # model thread, after waiting batches
 
     def _encode_batch(self, items: list[Any]) -> list[tuple[np.ndarray, bool]]:
         out = self.encoder.encode(items)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import numpy as np
 import pytest
@@ -84,6 +85,36 @@ def test_micro_batcher_merges_concurrent_requests_and_isolates_failures() -> Non
     assert calls[0] == [0, 100, 1, 101, 2, 102, 3, 103]  # one batch for four sessions
     assert mixed[0] == [10] and mixed[2] == [20]
     assert isinstance(mixed[1], ValueError)
+
+
+def test_micro_batcher_runs_background_work_only_when_no_batch_waits() -> None:
+    """Face crops queued ahead of an utterance's encode must not delay it: batches jump the background queue."""
+    order: list[str] = []
+
+    def fn(items: list[str]) -> list[str]:
+        order.append("batch:" + ",".join(items))
+        return items
+
+    def chore(name: str) -> str:
+        time.sleep(0.02)
+        order.append(name)
+        return name.upper()
+
+    async def main() -> tuple[list, list]:
+        b = MicroBatcher(fn, wait_s=0.0, max_batch=16)
+        chores = [asyncio.ensure_future(b.background(chore, f"crop{i}")) for i in range(6)]
+        await asyncio.sleep(0.03)  # the first crop is running, five wait
+        got = await b.submit(["encode"])
+        done = await asyncio.gather(*chores)
+        failing = await asyncio.gather(b.background(lambda: 1 / 0), return_exceptions=True)
+        b.close()
+        return got, [*done, *failing]
+
+    got, done = asyncio.run(main())
+    assert got == ["encode"]
+    assert order.index("batch:encode") <= 2  # behind at most the crop already running (and one racing it)
+    assert order[-1].startswith("crop") and len(order) == 7
+    assert done[:6] == [f"CROP{i}" for i in range(6)] and isinstance(done[6], ZeroDivisionError)
 
 
 def test_event_line_shows_probabilities_that_round_to_one() -> None:

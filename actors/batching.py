@@ -153,8 +153,7 @@ class MicroBatcher:
         try:
             result = await self.call(job.fn, *job.args)
         except Exception as exc:
-            if not job.future.done():
-                job.future.set_exception(exc)
+            _fail(job, exc)
             return
         if not job.future.done():
             job.future.set_result(result)
@@ -171,13 +170,12 @@ class MicroBatcher:
         for r in self._pending:
             _fail(r, RuntimeError(f"{self.name} closed"))
         for job in self._background:
-            if not job.future.done():
-                job.future.set_exception(RuntimeError(f"{self.name} closed"))
+            _fail(job, RuntimeError(f"{self.name} closed"))
         self._pending.clear()
         self._background.clear()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _fail(req: _Request, exc: BaseException) -> None:
+def _fail(req: _Request | _Background, exc: BaseException) -> None:
     if not req.future.done():
         req.future.set_exception(exc)

@@ -163,14 +163,18 @@ class VADSegmenter:
         """Seconds of the speech still going on, start padding included (cheap); None in silence."""
         if not self._triggered:
             return None
-        return (self._n - max(self._start - self._pad, self._last_end, self._buf_start)) / SAMPLE_RATE
+        return (self._n - self._open_begin()) / SAMPLE_RATE
 
     def open_speech(self) -> Optional[tuple[float, np.ndarray]]:
         """The speech still going on: (media start, its audio so far with the start padding); None in silence."""
         if not self._triggered:
             return None
-        begin = max(self._start - self._pad, self._last_end, self._buf_start)
+        begin = self._open_begin()
         return self.time_offset_s + begin / SAMPLE_RATE, self._slice(begin, self._n)
+
+    def _open_begin(self) -> int:
+        """Sample index where the open speech starts: its padding, clipped to the last cut and the buffer."""
+        return max(self._start - self._pad, self._last_end, self._buf_start)
 
     @property
     def position_s(self) -> float:

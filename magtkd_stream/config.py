@@ -238,6 +238,7 @@ class Stage2Config(StageConfig):
     pair_agree: float = 0.5  # share of lent vectors that come from the utterance's own class
     pair_prob_by: dict[str, float] = field(default_factory=dict)  # per lent modality, overrides pair_prob
     pair_agree_by: dict[str, float] = field(default_factory=dict)  # per lent modality, overrides pair_agree
+    asr_style: bool = False  # MAGT's text features (every split) come from transcripts written as the ASR writes them
 
     def pairing(self) -> tuple[dict[str, float], dict[str, float]]:
         """(prob, agree) for each modality that may be lent, with the per-modality overrides applied."""
@@ -248,6 +249,8 @@ class Stage2Config(StageConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         _check(len(self.windows) > 0, "train.stage2.windows", "must list at least one window (0 = full context)")
+        _check(isinstance(self.asr_style, bool), "train.stage2.asr_style",
+               f"must be true or false, got {self.asr_style!r}")
         _check(0.0 <= self.pair_prob <= 1.0, "train.stage2.pair_prob", f"must be in [0, 1], got {self.pair_prob}")
         _check(0.0 <= self.pair_agree <= 1.0, "train.stage2.pair_agree", f"must be in [0, 1], got {self.pair_agree}")
         for name in ("pair_prob_by", "pair_agree_by"):

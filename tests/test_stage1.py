@@ -335,6 +335,30 @@ def _paired_npz(path: Path) -> Path:
     return path
 
 
+def test_stage2_asr_style_extracts_text_features_as_the_asr_writes(data: Dataset, text_teacher, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    from training.features import load_features
+    from training.recipes import Stage1Set, extract_set
+    from training.transcript_style import asr_style
+
+    typed = next(d for d in data.splits["dev"] if any("!" in u.text for u in d.utterances))
+    heard = replace(typed, utterances=[replace(u, text=asr_style(u.text)) for u in typed.utterances])
+    models = Stage1Set(plain={"text": text_teacher})
+
+    def text_features(dialogue, asr: bool) -> np.ndarray:
+        cfg = _cfg(f"train.stage2.asr_style={str(asr).lower()}")
+        out = tmp_path / f"{'heard' if dialogue is heard else 'typed'}-{asr}"
+        paths = extract_set(cfg, Dataset("syn", MELD_LABELS, {"dev": [dialogue]}), models, out)
+        return load_features(paths["dev"])[0][0].feats["text"]
+
+    assert not np.allclose(text_features(typed, False), text_features(heard, False))  # "!" moves the features
+    assert np.allclose(text_features(typed, True), text_features(heard, True))  # ... unless MAGT reads ASR style
+    assert any("!" in u.text for u in typed.utterances)  # the dataset itself is left as it was
+    with pytest.raises(ValueError, match="train.stage2.asr_style"):
+        _cfg("train.stage2.asr_style=sometimes")
+
+
 def test_array_encoder_standardises_and_marks_missing_rows_absent() -> None:
     from training.array_encoder import ArrayEncoder
 

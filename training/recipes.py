@@ -35,6 +35,7 @@ from training.stage1 import Stage1Result, Stage1Settings, train_stage1
 from training.stage1_cache import Encoded, apply_head, cached_backbone
 from training.stage1_inputs import InputProblems, has_input, split_refs
 from training.stage1_state import load_stage1_model, trainable_encoder_state
+from training.transcript_style import asr_style_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -177,7 +178,11 @@ def extract_set(
     entries); otherwise training.extract.extract_features encodes every utterance.
     keep: at most this many dialogues per split go into the files (stage 2's
     share of a large source); the choice is the same seeded one `subsample` makes.
+    With `train.stage2.asr_style` every transcript is first rewritten as the ASR
+    writes it (training/transcript_style.py), so MAGT learns the text the service feeds it.
     """
+    if cfg.train.stage2.asr_style:
+        dataset = asr_style_dataset(dataset)
     plain = {m: r.model for m, r in stage1.plain.items()}
     distilled = {m: r.model for m, r in stage1.distilled.items()}
     if not plain:

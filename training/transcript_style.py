@@ -7,7 +7,9 @@ cue for anger and joy and loses it at run time (docs/RESULTS.md measures how
 much, with `magtkd-train text-style`). Training on a mix of both styles
 (`train.stage1.asr_style_prob`) keeps the words, not the punctuation, as the
 evidence; `asr_style` with probability 1 is also how a split is scored "as
-ASR output".
+ASR output". `asr_style_dataset` does the same to a whole dataset, so stage 2
+(`train.stage2.asr_style`) trains, selects and is tested on the text features
+the service will give MAGT.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Optional
 import numpy as np
 
 from magtkd_stream.encoders.base import TextInput
+from training.data.types import Dataset
 
 _QUESTION = re.compile(r"[!?]*\?[!?]*")  # "?!", "!?", "??" -> "?"
 _BANG = re.compile(r"!+")
@@ -72,3 +75,12 @@ class TranscriptStyler:
 def styler_for(prob: Optional[float], seed: int) -> Optional[TranscriptStyler]:
     """A styler when `prob` > 0, else None (nothing to rewrite)."""
     return TranscriptStyler(prob, seed) if prob else None
+
+
+def asr_style_dataset(dataset: Dataset) -> Dataset:
+    """`dataset` with every transcript, in every split, rewritten by `asr_style` (contexts follow, being the same turns)."""
+    splits = {
+        split: [replace(d, utterances=[replace(u, text=asr_style(u.text)) for u in d.utterances]) for d in dialogues]
+        for split, dialogues in dataset.splits.items()
+    }
+    return replace(dataset, splits=splits)

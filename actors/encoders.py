@@ -27,9 +27,16 @@ WARMUP_SESSION = "__warmup__"
 
 
 def _pin_threads(threads: int) -> None:
+    """Torch and OpenCV use `threads` each: actors share the cores, and a library that starts one
+    thread per core in every actor makes them wait on each other."""
     import torch
 
     torch.set_num_threads(max(1, int(threads)))
+    try:
+        import cv2
+    except ImportError:  # only the face encoder needs OpenCV
+        return
+    cv2.setNumThreads(max(1, int(threads)))
 
 
 def _device(num_gpus: float) -> str:

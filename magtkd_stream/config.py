@@ -83,10 +83,15 @@ class VideoEncoderConfig:
     image_mean: Optional[list[float]] = None  # None: the model's own processor statistics
     image_std: Optional[list[float]] = None
     trainable_layers: int = 0
+    # face_cnn: frames are shrunk to this longest side before face detection, whose cost grows with
+    # its square (actors/bench_faces.py); at 320 a 640x480 frame still finds faces from 60 px wide
+    detect_side: int = 320
 
     def __post_init__(self) -> None:
         _one_of(self.kind, ("hf", "face_cnn"), "encoders.video.kind")
         _check(self.num_frames >= 1, "encoders.video.num_frames", "must be >= 1")
+        _check(isinstance(self.detect_side, int) and self.detect_side >= 64, "encoders.video.detect_side",
+               f"must be an integer >= 64 pixels, got {self.detect_side!r}")
         for key, val in (("image_mean", self.image_mean), ("image_std", self.image_std)):
             _check(val is None or len(val) == 3, f"encoders.video.{key}", "must have 3 values (RGB)")
 

@@ -60,3 +60,23 @@ def test_client_messages_are_contiguous_20ms_audio_and_decodable_jpeg_in_media_o
     assert 5 <= len(video) <= 21 and all(v.ts <= 2.0 for v in video)
     image = cv2.imdecode(np.frombuffer(video[0].jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert image is not None and image.shape[2] == 3
+
+
+def test_face_detection_benchmark_reports_each_size_and_names_bad_input(tmp_path: Path,
+                                                                        capsys: pytest.CaptureFixture) -> None:
+    import json
+
+    from actors.bench_faces import main as bench_faces
+
+    out = tmp_path / "faces.json"
+    assert bench_faces([str(SAMPLE), "--frames", "3", "--sides", "320", "160", "--out", str(out)]) == 0
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert [r["side"] for r in report["results"]] == [320, 160]
+    assert report["results"][0]["frames"] == 3 and report["results"][0]["frames_with_face"] == 3
+    assert all(r["cpu_ms_per_frame"] > 0 for r in report["results"])
+    not_video = tmp_path / "notes.txt"
+    not_video.write_text("no frames here", encoding="utf-8")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        bench_faces([str(not_video)])
+    assert exit_info.value.code == 2 and "notes.txt" in capsys.readouterr().err

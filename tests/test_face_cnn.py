@@ -207,14 +207,19 @@ def test_blank_frames_give_an_absent_utterance():
     assert float(out.vectors.abs().max()) == 0.0
 
 
-def test_haar_finds_the_portrait_in_matplotlib_sample_data():
+def grace_hopper() -> np.ndarray:
+    """matplotlib's 512 x 600 sample portrait (BGR), face near the centre; skips where it is not shipped."""
     import cv2
 
     matplotlib = pytest.importorskip("matplotlib")
     path = Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg"
     if not path.is_file():
         pytest.skip(f"{path} not shipped by this matplotlib")
-    frame = cv2.imread(str(path))  # 512 x 600 portrait, face near the centre
+    return cv2.imread(str(path))
+
+
+def test_haar_finds_the_portrait_in_matplotlib_sample_data():
+    frame = grace_hopper()
     boxes = HaarFaceDetector().detect(frame)
     assert len(boxes) >= 1
     x, y, w, h = boxes[0]
@@ -224,6 +229,15 @@ def test_haar_finds_the_portrait_in_matplotlib_sample_data():
     blank = np.zeros_like(frame)
     out = enc.encode([VideoInput(frames=[blank, frame, blank]), VideoInput(frames=[blank])])
     assert out.present.tolist() == [True, False] and out.vectors.shape == (2, SHIPPED_DIM)
+
+
+def test_detection_size_comes_from_the_config_and_is_checked():
+    enc = FaceCNNEncoder(VideoEncoderConfig(kind="face_cnn", model="asset:face_cnn", detect_side=200))
+    assert enc.detector.max_side == 200
+    assert shipped_encoder().detector.max_side == VideoEncoderConfig().detect_side
+    assert enc.crop_frame(grace_hopper()) is not None  # its ~200 px face is still found in a 200 px-wide copy
+    with pytest.raises(ValueError, match="encoders.video.detect_side"):
+        VideoEncoderConfig(kind="face_cnn", detect_side=16)
 
 
 # ---------------- real data and real weights ----------------

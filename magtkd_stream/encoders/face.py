@@ -49,7 +49,7 @@ class HaarFaceDetector:
         scale_factor: float = 1.1,
         min_neighbors: int = 5,
         min_size: int = 30,
-        max_side: int = 480,
+        max_side: int = 320,
         cascade_path: Optional[str | Path] = None,
     ) -> None:
         cv2 = _cv2()
@@ -177,6 +177,7 @@ class FaceCNNEncoder(Encoder):
         self.image_size = cfg.image_size or FACE_CNN_INPUT_SIZE
         self.num_frames = cfg.num_frames
         self.margin = margin
+        self.detect_side = cfg.detect_side
         self.per_face_dim = self.cnn.feature_dim + self.cnn.num_classes
         self.dim = 2 * self.per_face_dim
         self._detector = detector
@@ -186,7 +187,7 @@ class FaceCNNEncoder(Encoder):
     @property
     def detector(self) -> HaarFaceDetector:
         if self._detector is None:
-            self._detector = HaarFaceDetector()
+            self._detector = HaarFaceDetector(max_side=self.detect_side)
         return self._detector
 
     def crop_frame(self, frame: np.ndarray) -> Optional[np.ndarray]:

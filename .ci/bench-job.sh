@@ -112,6 +112,10 @@ if not {"asr", "fusion"} <= set(r.get("stages_ms", {})):
 rss = r.get("peak_rss_mb", {})
 if not (rss.get("actor_processes", 0) >= 1 and rss.get("total_mb", 0) > rss.get("driver_mb", 0) > 0):
     problems.append(f"peak_rss_mb implausible: {rss}")
+cpu = r.get("cpu_s_during_replay", {})
+if not ("driver" in cpu and any(k.startswith("asr#") for k in cpu)
+        and all(v is None or v >= 0 for v in cpu.values()) and (cpu.get("driver") or 0) > 0):
+    problems.append(f"cpu_s_during_replay lacks the driver or the ASR actor: {cpu}")
 if not r.get("machine", {}).get("cpu_count"):
     problems.append("machine.cpu_count missing")
 if problems:

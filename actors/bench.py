@@ -12,7 +12,9 @@ their clocks. End-to-end latency is what a user sees: the wall time an
 utterance's final emotion event reaches its subscriber minus the wall time
 the publisher sent the audio at that utterance's media end. Per-stage
 timings come from the events themselves; peak memory is sampled from this
-process (gateway and sink) and the recognizer's actor processes.
+process (gateway and sink) and the recognizer's actor processes, and the CPU
+seconds each of them spends during the replay are counted
+(`cpu_s_during_replay`), which shows what eats the cores the tail waits for.
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ import logging
 import os
 import platform
 import secrets
+import socket
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -248,6 +251,56 @@ class RssSampler:
                 "period_s": self.period_s}
 
 
+class CpuMeter:
+    """CPU seconds (user + system) each named process spends between enter and exit.
+
+    Names are the pipeline's actor slots ("asr#0", ...) plus "driver" (this
+    process: websockets, VAD, media); it tells which stage eats the cores that
+    the latency percentiles wait for.
+    """
+
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        import psutil
+
+        self.procs: dict[str, Any] = {}
+        for name, pid in pids.items():
+            try:
+                self.procs[name] = psutil.Process(pid)
+            except psutil.Error:
+                continue
+        self.start: dict[str, float] = {}
+        self.spent: dict[str, Optional[float]] = {}
+
+    @staticmethod
+    def _cpu(proc: Any) -> Optional[float]:
+        import psutil
+
+        try:
+            t = proc.cpu_times()
+        except psutil.Error:  # the process ended (a restarted actor)
+            return None
+        return float(t.user + t.system)
+
+    def __enter__(self) -> "CpuMeter":
+        self.start = {name: c for name, p in self.procs.items() if (c := self._cpu(p)) is not None}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, began in self.start.items():
+            now = self._cpu(self.procs[name])
+            self.spent[name] = None if now is None else round(now - began, 2)
+
+    def result(self) -> dict[str, Optional[float]]:
+        return dict(sorted(self.spent.items()))
+
+
+def local_actor_pids(health: Mapping[str, Any]) -> dict[str, int]:
+    """Actor slot -> pid for the actors that run on this machine (a remote pid means nothing here)."""
+    here = socket.gethostname()
+    return {name: int(a["pid"]) for name, a in health.get("actors", {}).items()
+            if a.get("pid") is not None and a.get("host") == here}
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -363,7 +416,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         import ray
 
         cluster_cpus = ray.cluster_resources().get("CPU")
-        with RssSampler() as rss:
+        pids = {"driver": os.getpid(), **local_actor_pids(pipeline.health())}
+        with RssSampler() as rss, CpuMeter(pids) as cpu:
             t0 = time.time()
             runs = asyncio.run(_bench(pipeline, cfg, messages, sessions, args.stagger, args.timeout))
             replay_s = time.time() - t0
@@ -392,6 +446,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "stagger_s": args.stagger,
         **summarize(runs),
         "peak_rss_mb": rss.result(),
+        "cpu_s_during_replay": cpu.result(),
         "pipeline_start_s": round(pipeline_s, 1),
         "replay_wall_s": round(replay_s, 1),
         "wall_s": round(time.time() - started, 1),

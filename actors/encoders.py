@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import socket
 import time
 from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
@@ -37,6 +39,11 @@ def _pin_threads(threads: int) -> None:
     except ImportError:  # only the face encoder needs OpenCV
         return
     cv2.setNumThreads(max(1, int(threads)))
+
+
+def _where() -> dict[str, Any]:
+    """Which process serves an actor, for health reports and per-actor CPU accounting (actors/bench.py)."""
+    return {"pid": os.getpid(), "host": socket.gethostname()}
 
 
 def _device(num_gpus: float) -> str:
@@ -111,7 +118,7 @@ class ASRWorker:
         return {"warmup_ms": (time.perf_counter() - t0) * 1e3}
 
     async def ping(self) -> dict[str, Any]:
-        return {"ok": True, "batches": self.batcher.batches, "items": self.batcher.items}
+        return {"ok": True, "batches": self.batcher.batches, "items": self.batcher.items, **_where()}
 
 
 class EncoderWorker:
@@ -199,7 +206,7 @@ class EncoderWorker:
         return {"warmup_ms": (time.perf_counter() - t0) * 1e3}
 
     async def ping(self) -> dict[str, Any]:
-        return {"ok": True, "batches": self.batcher.batches, "items": self.batcher.items}
+        return {"ok": True, "batches": self.batcher.batches, "items": self.batcher.items, **_where()}
 
 
 class FusionWorker:
@@ -346,4 +353,5 @@ class FusionWorker:
         return {"warmup_ms": (time.perf_counter() - t0) * 1e3}
 
     async def ping(self) -> dict[str, Any]:
-        return {"ok": True, "sessions": len(self.windows), "batches": self.batcher.batches, "items": self.batcher.items}
+        return {"ok": True, "sessions": len(self.windows), "batches": self.batcher.batches,
+                "items": self.batcher.items, **_where()}

@@ -80,3 +80,20 @@ def test_face_detection_benchmark_reports_each_size_and_names_bad_input(tmp_path
     with pytest.raises(SystemExit) as exit_info:
         bench_faces([str(not_video)])
     assert exit_info.value.code == 2 and "notes.txt" in capsys.readouterr().err
+
+
+def test_cpu_meter_counts_each_named_process_and_skips_those_it_cannot_see() -> None:
+    import os
+    import socket
+
+    from actors.bench import CpuMeter, local_actor_pids
+
+    health = {"actors": {"asr#0": {"state": "alive", "pid": os.getpid(), "host": socket.gethostname()},
+                         "text#0": {"state": "alive", "pid": 1, "host": "another-node"},
+                         "video#0": {"state": "dead", "error": "gone"}}}
+    pids = local_actor_pids(health)
+    assert pids == {"asr#0": os.getpid()}  # a pid on another node means nothing here
+    with CpuMeter({**pids, "gone": 2**22 + 12345}) as meter:
+        sum(i * i for i in range(2_000_000))  # some CPU in this process
+    spent = meter.result()
+    assert set(spent) == {"asr#0"} and spent["asr#0"] > 0

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
 import sys
@@ -24,8 +23,6 @@ from typing import Any, Optional, Sequence
 import numpy as np
 
 from magtkd_stream.encoders.face import HaarFaceDetector
-
-log = logging.getLogger(__name__)
 
 
 def sample_frames(path: Path, count: int) -> list[np.ndarray]:
@@ -69,7 +66,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.add_argument("--frames", type=int, default=40, help="frames spread over the video (default 40)")
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not args.video.is_file():
         parser.error(f"{args.video}: no such file")
     if args.frames < 1 or any(s < 64 for s in args.sides):

@@ -301,6 +301,16 @@ def local_actor_pids(health: Mapping[str, Any]) -> dict[str, int]:
             if a.get("pid") is not None and a.get("host") == here}
 
 
+def batch_sizes(health: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per actor: batches run and items in them since it started (warm-up included), and the mean batch."""
+    out = {}
+    for name, a in sorted(health.get("actors", {}).items()):
+        if isinstance(a.get("batches"), int) and isinstance(a.get("items"), int):
+            out[name] = {"batches": a["batches"], "items": a["items"],
+                         "mean_batch": round(a["items"] / a["batches"], 2) if a["batches"] else None}
+    return out
+
+
 # ---------------------------------------------------------------- report
 
 
@@ -422,6 +432,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             runs = asyncio.run(_bench(pipeline, cfg, messages, sessions, args.stagger, args.timeout))
             replay_s = time.time() - t0
         model = pipeline.info["model"]
+        batching = batch_sizes(pipeline.health())
     finally:
         pipeline.stop()
     report: dict[str, Any] = {
@@ -447,6 +458,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         **summarize(runs),
         "peak_rss_mb": rss.result(),
         "cpu_s_during_replay": cpu.result(),
+        "batches": batching,
         "pipeline_start_s": round(pipeline_s, 1),
         "replay_wall_s": round(replay_s, 1),
         "wall_s": round(time.time() - started, 1),

@@ -285,12 +285,16 @@ class PipelineSink:
     def _maybe_interim(self, sess: _Session) -> None:
         """Start an interim prediction when speech has run another interim_every_s and the pipeline is idle.
 
-        Only when no utterance of any session is in flight and no other interim
-        runs: an interim never lands between an earlier utterance's events, and
-        finals (what latency is promised for) never queue behind more than one.
+        Only when no utterance of any session is in flight, no other interim
+        runs and no other session is speaking: an interim never lands between
+        an earlier utterance's events, and a final (what latency is promised
+        for) never waits behind an interim that started while another speaker
+        was about to finish. Under concurrent speech interims are shed first.
         """
         every = self.pipeline.stream.interim_every_s
         if every <= 0 or any(x.tasks or x.interim is not None for x in self.sessions.values()):
+            return
+        if any(x is not sess and x.core.segmenter.speaking for x in self.sessions.values()):
             return
         spoken = sess.core.segmenter.open_speech_seconds()
         index = sess.core.next_index

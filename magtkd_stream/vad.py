@@ -159,9 +159,14 @@ class VADSegmenter:
         out, self._out = self._out, []
         return out
 
+    @property
+    def speaking(self) -> bool:
+        """Whether speech is going on now (an utterance has started and not yet ended)."""
+        return bool(self._triggered)
+
     def open_speech_seconds(self) -> Optional[float]:
         """Seconds of the speech still going on, start padding included (cheap); None in silence."""
-        if not self._triggered:
+        if not self.speaking:
             return None
         return (self._n - self._open_begin()) / SAMPLE_RATE
 

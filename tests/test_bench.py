@@ -97,3 +97,13 @@ def test_cpu_meter_counts_each_named_process_and_skips_those_it_cannot_see() -> 
         sum(i * i for i in range(2_000_000))  # some CPU in this process
     spent = meter.result()
     assert set(spent) == {"asr#0"} and spent["asr#0"] > 0
+
+
+def test_batch_sizes_come_from_each_actors_counters() -> None:
+    from actors.bench import batch_sizes
+
+    health = {"actors": {"asr#0": {"state": "alive", "batches": 4, "items": 10},
+                         "text#0": {"state": "alive", "batches": 0, "items": 0},
+                         "video#0": {"state": "dead", "error": "gone"}}}
+    assert batch_sizes(health) == {"asr#0": {"batches": 4, "items": 10, "mean_batch": 2.5},
+                                   "text#0": {"batches": 0, "items": 0, "mean_batch": None}}

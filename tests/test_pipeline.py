@@ -356,6 +356,39 @@ def test_interim_events_come_before_their_final_and_leave_the_window_alone(tiny:
     assert [e["final"] for e in events if e["type"] == "emotion"] == [True, True]
 
 
+def test_no_interim_while_another_session_is_speaking(tiny: Pipeline) -> None:
+    import copy
+    import dataclasses
+
+    pipe = copy.copy(tiny)  # as in the test above, where the same line alone gets interims
+    pipe.stream = dataclasses.replace(tiny.stream, interim_every_s=1.0)
+    col = Collector()
+    col.start("live")
+    col.start("other")
+    long_line = "Honestly I was not expecting any of this, and now I really do not know what to say about it."
+    audio = conversation(long_line, SECOND)
+    other = synth_speech(long_line)
+    speaking: list[bool] = []
+
+    async def main() -> None:
+        sink = PipelineSink(pipe, col.publish)
+        await sink.open("live", "Ann", False)
+        await sink.open("other", "Bob", False)
+        await sink.audio("other", other[: other.size // 2])  # Bob is mid-sentence all along
+        for i in range(0, audio.size, 1600):
+            await sink.audio("live", audio[i : i + 1600])
+            await asyncio.sleep(0.1)
+        await col.wait_for(lambda e: e["type"] == "emotion" and e["utterance"] == 1)
+        speaking.append(sink.sessions["other"].core.segmenter.speaking)
+        await sink.end("live")
+        await sink.end("other")
+
+    asyncio.run(main())
+    assert speaking == [True], "the other session must still be speaking for this test to mean anything"
+    assert [e["final"] for e in col.of("live") if e["type"] == "emotion"] == [True, True]
+    assert not [e for e in col.of("live") if e["type"] == "emotion_interim"], "finals first under concurrent speech"
+
+
 @pytest.mark.slow
 def test_shipped_lite_checkpoint_labels_the_sample_as_scripted(ray_local, tmp_path: Path) -> None:
     """The README's main command: the sample's lines carry scripted emotions; the lite default must follow them."""

@@ -28,17 +28,16 @@ UNTRAINED_MODEL_ID = "untrained"
 WARMUP_SESSION = "__warmup__"
 
 
-def _pin_threads(threads: int) -> None:
-    """Torch and OpenCV use `threads` each: actors share the cores, and a library that starts one
-    thread per core in every actor makes them wait on each other."""
+def _pin_threads(threads: int, opencv: bool = False) -> None:
+    """Torch (and OpenCV, in the actor that detects faces) use `threads` each: actors share the
+    cores, and a library that starts one thread per core in every actor makes them wait on each other."""
     import torch
 
     torch.set_num_threads(max(1, int(threads)))
-    try:
+    if opencv:
         import cv2
-    except ImportError:  # only the face encoder needs OpenCV
-        return
-    cv2.setNumThreads(max(1, int(threads)))
+
+        cv2.setNumThreads(max(1, int(threads)))
 
 
 def _where() -> dict[str, Any]:
@@ -145,6 +144,8 @@ class EncoderWorker:
         if checkpoint is not None:
             self._load_trained(checkpoint)
         self.encoder.to(_device(num_gpus)).eval()
+        if self.crops_faces():
+            _pin_threads(threads, opencv=True)  # only this actor loads OpenCV
         self.batcher = MicroBatcher(self._encode_batch, wait_ms / 1000, max_batch, f"{modality}-encoder")
 
     def _load_trained(self, path: str) -> None:

@@ -172,7 +172,7 @@ class VADSegmenter:
 
     def open_speech(self) -> Optional[tuple[float, np.ndarray]]:
         """The speech still going on: (media start, its audio so far with the start padding); None in silence."""
-        if not self._triggered:
+        if not self.speaking:
             return None
         begin = self._open_begin()
         return self.time_offset_s + begin / SAMPLE_RATE, self._slice(begin, self._n)

@@ -49,7 +49,7 @@ class HaarFaceDetector:
         scale_factor: float = 1.1,
         min_neighbors: int = 5,
         min_size: int = 30,
-        max_side: int = 320,
+        max_side: int = VideoEncoderConfig.detect_side,
         cascade_path: Optional[str | Path] = None,
     ) -> None:
         cv2 = _cv2()

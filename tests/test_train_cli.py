@@ -211,6 +211,14 @@ def test_subcommands_stage1_extract_stage2_evaluate(smoke: Path, synth: Path, tm
     out = json.loads(capsys.readouterr().out)
     assert out["windows"]["0"]["n"] == load_checkpoint(run / "checkpoints" / "best.safetensors").extra["metrics"][
         "dev"]["0"]["n"]
+    # several --features folders are scored as one set: the same folder twice doubles every count
+    assert main(["evaluate", "--checkpoint", str(run / "checkpoints" / "stream.safetensors"),
+                 "--features", str(run / "features"), "--features", str(run / "features"),
+                 "--split", "dev", "--window", "0"]) == 0
+    union = json.loads(capsys.readouterr().out)
+    assert len(union["features"]) == 2
+    assert union["windows"]["0"]["n"] == 2 * out["windows"]["0"]["n"]
+    assert union["windows"]["0"]["accuracy"] == pytest.approx(out["windows"]["0"]["accuracy"])
 
 
 # ------------------------------------------------------------------ bad inputs

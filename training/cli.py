@@ -112,7 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p, "recipe for batch size and device (default: the checkpoint's own config)")
     p.add_argument("--checkpoint", type=Path, default=None,
                    help="checkpoint (default RUN/checkpoints/stream.safetensors)")
-    p.add_argument("--features", type=Path, default=None, help="features folder (default RUN/features)")
+    p.add_argument("--features", type=Path, action="append", default=[],
+                   help="features folder with <split>.safetensors (repeatable: the union of several sources, "
+                        "scored as one set and by source; default RUN/features)")
     p.add_argument("--split", default="test")
     p.add_argument("--window", type=int, action="append", default=None,
                    help="context window, 0 = full dialogue (repeatable; default: the checkpoint's)")
@@ -349,15 +351,15 @@ def _cmd_evaluate(args: argparse.Namespace, run_dir: Optional[Path]) -> dict[str
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     cfg = load_recipe(args.recipe, args.overrides, args.profile_override, args.seed) if args.recipe else ck.config
-    feats = args.features or (run_dir / "features" if run_dir is not None else None)
-    if feats is None:
+    folders = args.features or ([run_dir / "features"] if run_dir is not None else [])
+    if not folders:
         raise UsageError("evaluate: give --features (the folder with <split>.safetensors) or --run-dir")
-    file = _exists(features_path(feats, args.split), f"--split {args.split}: features file", "file")
+    files = [_exists(features_path(f, args.split), f"--split {args.split}: features file", "file") for f in folders]
     windows = args.window if args.window is not None else [int(ck.extra.get("window", ck.config.magt.window))]
     if any(w < 0 for w in windows):
         raise UsageError(f"--window must be >= 0 (0 = full dialogue), got {windows}")
-    return {"checkpoint": str(ckpt), "features": str(file), "split": args.split,
-            "windows": evaluate_checkpoint(cfg, Path(ckpt), file, windows)}
+    return {"checkpoint": str(ckpt), "features": [str(f) for f in files], "split": args.split,
+            "windows": evaluate_checkpoint(cfg, Path(ckpt), files, windows)}
 
 
 def _cmd_text_style(args: argparse.Namespace) -> dict[str, Any]:

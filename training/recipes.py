@@ -265,17 +265,18 @@ def export_checkpoint(src: Path, dest: Path) -> Path:
 
 # ----------------------------------------------------------------------- evaluation
 def evaluate_checkpoint(
-    cfg: Config, checkpoint: Path, features_file: Path, windows: Sequence[int],
+    cfg: Config, checkpoint: Path, features_file: Path | Sequence[Path], windows: Sequence[int],
 ) -> dict[str, Any]:
-    """Scores of a streaming checkpoint on one features file, per window (0 = full dialogue)."""
+    """Scores of a streaming checkpoint on one features file (or the union of several), per window (0 = full)."""
     from training.stage2 import evaluate_stage2
 
     ck = load_checkpoint(checkpoint)
     out = {}
     for w in dict.fromkeys(int(x) for x in windows):
         m = evaluate_stage2(cfg, ck, features_file, w)
-        out[str(w)] = {k: m[k] for k in ("n", "accuracy", "weighted_f1", "macro_f1", "per_class_f1")}
-        logger.info("evaluate %s window %s: acc %.4f wF1 %.4f", features_file.name, w or "full",
+        out[str(w)] = {k: m[k] for k in ("n", "accuracy", "weighted_f1", "macro_f1", "per_class_f1", "by_source")
+                       if k in m}
+        logger.info("evaluate %s window %s: acc %.4f wF1 %.4f", features_file, w or "full",
                     m["accuracy"], m["weighted_f1"])
     return out
 

@@ -331,16 +331,22 @@ def _final_evaluation(
 
 
 def evaluate_stage2(
-    cfg: Config, checkpoint: str | Path | Checkpoint, features_file: str | Path, window: int
+    cfg: Config, checkpoint: str | Path | Checkpoint, features_file: str | Path | Sequence[str | Path], window: int
 ) -> dict[str, Any]:
-    """Score a stage-2 checkpoint on one features file with context `window` (0 = full dialogue).
+    """Score a stage-2 checkpoint on one features file, or the union of several, with context `window`.
 
+    Several files (one split of several sources) are scored as one set, as
+    model selection scores the union of dev splits; "by_source" splits it up.
     The model is rebuilt from the checkpoint's own config; `cfg` gives batch size and device.
     """
     ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-    dialogues, meta = load_features(features_file)
-    if list(meta["labels"]) != ck.labels:
-        raise ValueError(f"{features_file}: features are labelled {meta['labels']}, the checkpoint {ck.labels}")
+    files = [features_file] if isinstance(features_file, (str, Path)) else list(features_file)
+    dialogues: list[DialogueFeatures] = []
+    for file in files:
+        part, meta = load_features(file)
+        if list(meta["labels"]) != ck.labels:
+            raise ValueError(f"{file}: features are labelled {meta['labels']}, the checkpoint {ck.labels}")
+        dialogues.extend(part)
     model = MAGT(ck.config.magt, ck.config.feature_dim, len(ck.labels))
     model.load_state_dict(ck.state_dict("magt"))
     device = resolve_device(cfg.train.stage2.device)

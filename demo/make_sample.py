@@ -7,14 +7,15 @@ microphone. Everything in it may be redistributed: the lines are written for
 this project and spoken by espeak-ng (with the emotion-dependent prosody of the
 synthetic training set), and both faces come from the public-domain NASA
 portrait of Eileen Collins that scikit-image ships as skimage/data/astronaut.png.
-Speaker B is that portrait mirrored, framed closer and tinted cooler.
+Speaker B is that portrait mirrored, framed closer and tinted cooler. Each line's
+face shows that line's emotion, drawn on the portrait by demo/expressions.py.
 
 The portrait is read out of a pinned scikit-image wheel fetched with
 `pip download` into a temporary folder (or given with --portrait) and checked
 against its SHA-256, so the sample can be rebuilt exactly from the repository.
 After writing, the script checks its own output: duration, audible speech in
 every utterance, and a face found by OpenCV's Haar cascade in the middle of
-every utterance.
+every utterance, and it prints what the lite profile's face CNN reads in each.
 
 Usage: python demo/make_sample.py [--out demo/samples] [--portrait astronaut.png] [--check-only]
 """
@@ -36,6 +37,10 @@ from typing import Optional, Sequence
 import cv2
 import numpy as np
 
+if __package__ in (None, ""):  # run as a script: make `demo` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from demo.expressions import EXPRESSIONS, express  # noqa: E402
 from training.data.media import load_audio, load_frames, probe
 from training.data.synthetic import AUDIO_RATE, Voice, _speak, _video_codec
 from training.data.types import MediaSpan
@@ -184,6 +189,7 @@ def synthesize(workdir: Path) -> tuple[np.ndarray, list[dict]]:
             cursor += len(pieces[-1])
         utterances.append({
             "index": i, "speaker": SPEAKERS[who].voice.name, "text": text, "emotion": emotion,
+            "face": EXPRESSIONS[emotion].look,
             "start": round(cursor / AUDIO_RATE, 3), "end": round((cursor + len(speech)) / AUDIO_RATE, 3),
         })
         pieces.append(speech)
@@ -245,7 +251,8 @@ def write_media(path: Path, portrait: np.ndarray, track: np.ndarray, utterances:
 
     duration = len(track) / AUDIO_RATE
     n_frames = int(np.ceil(duration * FPS))
-    views = [speaker_view(portrait, side) for side in SPEAKERS]
+    faces = {emotion: express(portrait, emotion) for emotion in {u["emotion"] for u in utterances}}
+    views = {(k, emotion): speaker_view(face, side) for k, side in enumerate(SPEAKERS) for emotion, face in faces.items()}
     levels = _levels(track, n_frames)
     by_name = {side.voice.name: k for k, side in enumerate(SPEAKERS)}
     pcm = (track.astype(np.float32) / 32768.0).reshape(1, -1)
@@ -263,7 +270,7 @@ def write_media(path: Path, portrait: np.ndarray, track: np.ndarray, utterances:
             current = max([u for u in utterances if u["start"] <= t] or [utterances[0]], key=lambda u: u["start"])
             who = by_name[current["speaker"]]
             speaking = current["start"] <= t <= current["end"]
-            img = render_frame(views[who], SPEAKERS[who], current["text"], speaking, levels[i])
+            img = render_frame(views[who, current["emotion"]], SPEAKERS[who], current["text"], speaking, levels[i])
             vf = av.VideoFrame.from_ndarray(img, format="bgr24")
             vf.pts, vf.time_base = i, Fraction(1, FPS)
             out.mux(vs.encode(vf))
@@ -352,6 +359,9 @@ def check_sample(media: Path, script: Path) -> list[str]:
             problems.append(f"utterance {k} ({u['speaker']}, {mid:.2f} s): no face found by the Haar cascade")
         elif max(y + h for _, y, _, h in faces) > CAPTION_TOP + 20:
             problems.append(f"utterance {k}: face {faces} overlaps the caption band")
+    reads = face_readings(media, utts)
+    print("face CNN's reading per line: " + ", ".join(f"{u['emotion']} -> {label} {p:.2f}"
+                                                       for u, (label, p) in zip(utts, reads)))
     wer = word_error_rates(audio, utts)
     mean = float(np.mean(wer)) if wer else 1.0
     print(f"lite ASR word error rate per line: {' '.join(f'{w:.2f}' for w in wer)} (mean {mean:.3f})")
@@ -359,6 +369,35 @@ def check_sample(media: Path, script: Path) -> list[str]:
         problems.append(f"the lite ASR mishears the lines: mean word error rate {mean:.3f} > {MAX_WER}; "
                         "choose clearer voices or slower rates")
     return problems
+
+
+def face_readings(media: Path, utterances: Sequence[dict]) -> list[tuple[str, float]]:
+    """(label, probability) of the lite profile's face CNN on the face in the middle of each line.
+
+    The drawn expressions are meant to be read by a face model, not only by
+    people: this shows how the service's own face CNN reads them.
+    """
+    import torch
+
+    from magtkd_stream.encoders.face import HaarFaceDetector, crop_face, prepare_faces, to_gray
+    from magtkd_stream.encoders.face_cnn import FACE_CNN_LABELS, load_face_cnn
+    from magtkd_stream.config import load_config
+
+    detector = HaarFaceDetector(max_side=load_config("lite").encoders.video.detect_side)
+    cnn = load_face_cnn().eval()
+    out = []
+    for u in utterances:
+        mid = (u["start"] + u["end"]) / 2
+        frame = load_frames(MediaSpan(str(media), mid, mid + 1.0 / FPS), num_frames=1)[0]
+        boxes = detector.detect(frame)
+        if not boxes:
+            out.append(("no face", 0.0))
+            continue
+        with torch.no_grad():
+            p = torch.softmax(cnn(torch.from_numpy(prepare_faces([crop_face(to_gray(frame), boxes[0])]))), -1)[0]
+        k = int(p.argmax())
+        out.append((FACE_CNN_LABELS[k], float(p[k])))
+    return out
 
 
 def word_error_rates(audio: np.ndarray, utterances: Sequence[dict]) -> list[float]:

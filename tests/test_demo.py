@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from demo import live_client, live_messages, live_sources, make_sample  # noqa: E402
+from demo import expressions, live_client, live_messages, live_sources, make_sample  # noqa: E402
 from demo.live_sources import iter_media  # noqa: E402
 from demo.live_view import draw_overlay  # noqa: E402
 from magtkd_stream import protocol as P  # noqa: E402
@@ -129,6 +129,70 @@ def test_sample_portrait_must_be_the_pinned_public_domain_image(tmp_path: Path) 
         make_sample.load_portrait(other)
     with pytest.raises(FileNotFoundError, match="--portrait"):
         make_sample.load_portrait(tmp_path / "missing.png")
+
+
+def test_sample_faces_show_the_lines_emotions(script: dict) -> None:
+    """The face CNN the service uses reads the drawn faces, not one smile: a face alone can tell lines apart."""
+    assert all(u["face"] == expressions.EXPRESSIONS[u["emotion"]].look for u in script["utterances"])
+    reads = make_sample.face_readings(MEDIA, script["utterances"])
+    by_emotion = {u["emotion"]: label for u, (label, _) in zip(script["utterances"], reads)}
+    assert by_emotion["joy"] == "happy" and by_emotion["surprise"] == "surprise" and by_emotion["anger"] == "angry"
+    assert len({label for label, _ in reads}) >= 5, reads
+    assert sum(label == "happy" for label, _ in reads) == sum(u["emotion"] == "joy" for u in script["utterances"])
+
+
+def _dot_image() -> tuple[np.ndarray, tuple[float, float]]:
+    img = np.full((512, 512, 3), 128, np.uint8)
+    x, y = expressions.LANDMARKS["lbi"]
+    cv2.circle(img, (int(x), int(y)), 2, (255, 255, 255), -1)
+    return img, (x, y)
+
+
+def _centroid(img: np.ndarray) -> tuple[float, float]:
+    ys, xs = np.nonzero(img[..., 0] > 200)
+    return float(xs.mean()), float(ys.mean())
+
+
+def test_expression_warp_moves_a_landmark_and_nothing_outside_the_face() -> None:
+    img, (x, y) = _dot_image()
+    moved = expressions.warp(img, {"lbi": (3.0, -6.0)})
+    cx, cy = _centroid(moved)
+    assert cx == pytest.approx(x + 3, abs=0.7) and cy == pytest.approx(y - 6, abs=0.7)
+    x0, y0, x1, y1 = expressions.REGION
+    outside = np.ones(img.shape[:2], bool)
+    outside[y0:y1, x0:x1] = False
+    assert np.array_equal(moved[outside], img[outside])
+    assert np.array_equal(expressions.warp(img, {}), img)
+    with pytest.raises(ValueError, match="unknown landmarks.*known"):
+        expressions.warp(img, {"nose_tip": (1, 1)})
+
+
+def test_thin_plate_spline_passes_through_its_points_and_keeps_planes() -> None:
+    rng = np.random.default_rng(0)
+    centres = rng.uniform(0, 100, (12, 2))
+    values = rng.normal(size=(12, 2))
+    assert np.allclose(expressions.thin_plate_spline(centres, values, centres), values, atol=1e-8)
+    plane = centres @ np.array([[0.5], [-2.0]]) + 3.0  # an affine function is reproduced everywhere
+    points = rng.uniform(0, 100, (20, 2))
+    assert np.allclose(expressions.thin_plate_spline(centres, plane, points),
+                       points @ np.array([[0.5], [-2.0]]) + 3.0, atol=1e-6)
+
+
+def test_every_emotion_has_a_face_and_joy_is_the_photograph() -> None:
+    rng = np.random.default_rng(1)
+    portrait = rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)
+    assert set(expressions.EXPRESSIONS) == {"anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"}
+    assert np.array_equal(expressions.express(portrait, "joy"), portrait)
+    x0, y0, x1, y1 = expressions.REGION
+    for emotion in ("anger", "surprise", "neutral"):
+        face = expressions.express(portrait, emotion)
+        assert not np.array_equal(face[y0:y1, x0:x1], portrait[y0:y1, x0:x1]), emotion
+        face[y0:y1, x0:x1] = portrait[y0:y1, x0:x1]
+        assert np.array_equal(face, portrait), emotion
+    with pytest.raises(ValueError, match="no expression for 'bored'; drawn: joy"):
+        expressions.express(portrait, "bored")
+    with pytest.raises(ValueError, match="512x512 BGR uint8"):
+        expressions.express(portrait[:256], "anger")
 
 
 # ------------------------------------------------------------------ live client: messages

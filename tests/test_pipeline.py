@@ -31,7 +31,7 @@ SR = 16000
 FIRST = "Hello, my name is John and I like to eat pizza."
 SECOND = "The weather is very nice today in London."
 THIRD = "I cannot believe you did that to me."
-SAMPLE_MIN_HITS = 4  # of the 8 lines, as the shipped checkpoint gets (docs/RESULTS.md): a floor, not the goal
+SAMPLE_MIN_HITS = 5  # of 8; docs/RESULTS.md "The sample conversation" shows each line
 # Deterministic per waveform (not per call), so concurrent sessions get the same text as a solo run.
 SCRIPT = lambda i, w: f"This utterance lasts {len(w) // 1600} tenths of ten seconds."  # noqa: E731
 
@@ -410,4 +410,4 @@ def test_shipped_lite_checkpoint_labels_the_sample_as_scripted(ray_local, tmp_pa
     assert len(got) == len(want), (got, want)
     hits = sum(g == w for g, w in zip(got, want))
     assert hits >= SAMPLE_MIN_HITS, f"{hits} of {len(want)} labels as scripted: got {got}, scripted {want}"
-    assert len(set(got)) >= 3, f"the labels should vary with the lines, not follow the one portrait: {got}"
+    assert len(set(got)) >= 4, f"the labels should vary with the lines: {got}"

@@ -9,6 +9,7 @@ torch / CTranslate2 thread count comes from the config.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -210,6 +211,16 @@ class EncoderWorker:
         return {"ok": True, "batches": self.batcher.batches, "items": self.batcher.items, **_where()}
 
 
+def ignored_magt_settings(configured: Any, trained: Any) -> dict[str, tuple[Any, Any]]:
+    """{field: (configured, checkpoint's)} for every magt setting where the profile differs from a checkpoint.
+
+    A checkpoint carries the MAGT it was trained as; `--set magt.window=4` on a
+    profile with a checkpoint would otherwise be silently without effect.
+    """
+    a, b = dataclasses.asdict(configured), dataclasses.asdict(trained)
+    return {k: (a[k], b.get(k)) for k in a if a[k] != b.get(k)}
+
+
 class FusionWorker:
     """Trained heads + MAGT with one SessionWindow per session: predicts each new utterance causally.
 
@@ -249,6 +260,13 @@ class FusionWorker:
                 raise ValueError(
                     f"checkpoint {checkpoint} was trained on Whisper vectors of a {trained_window:g} s window, but "
                     f"encoders.asr.window_seconds is {window_now:g}; set it to {trained_window:g}"
+                )
+            ignored = ignored_magt_settings(cfg.magt, ck.config.magt)
+            if ignored:
+                log.warning(
+                    "MAGT is rebuilt from checkpoint %s, so the configured magt settings %s are ignored (the "
+                    "checkpoint has %s); set stream.window to change the context window", checkpoint,
+                    {k: v[0] for k, v in ignored.items()}, {k: v[1] for k, v in ignored.items()},
                 )
             self.model = FusionModel.from_checkpoint(ck)
             self.labels = list(ck.labels)

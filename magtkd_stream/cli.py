@@ -22,7 +22,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", default="lite", help="profile name in configs/ or a YAML path (default: lite)")
     p.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config value, e.g. --set magt.window=4 (repeatable)",
+        help="override a config value, e.g. --set stream.window=4 (repeatable)",
     )
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local Ray)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")

@@ -57,3 +57,14 @@ def test_refuses_foreign_safetensors(tmp_path: Path) -> None:
     save_file({"w": torch.zeros(2)}, str(path))
     with pytest.raises(CheckpointError, match="metadata"):
         load_checkpoint(path)
+
+
+def test_magt_settings_that_a_checkpoint_overrides_are_named() -> None:
+    """A checkpoint rebuilds MAGT as trained: the fusion actor warns about profile magt values it cannot honour."""
+    from actors.encoders import ignored_magt_settings
+
+    lite = load_config("lite")
+    assert ignored_magt_settings(lite.magt, lite.magt) == {}
+    changed = load_config("lite", ["magt.window=4", "magt.dropout=0.0"])
+    assert ignored_magt_settings(changed.magt, lite.magt) == {
+        "window": (4, lite.magt.window), "dropout": (0.0, lite.magt.dropout)}

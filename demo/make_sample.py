@@ -379,9 +379,9 @@ def face_readings(media: Path, utterances: Sequence[dict]) -> list[tuple[str, fl
     """
     import torch
 
+    from magtkd_stream.config import load_config
     from magtkd_stream.encoders.face import HaarFaceDetector, crop_face, prepare_faces, to_gray
     from magtkd_stream.encoders.face_cnn import FACE_CNN_LABELS, load_face_cnn
-    from magtkd_stream.config import load_config
 
     detector = HaarFaceDetector(max_side=load_config("lite").encoders.video.detect_side)
     cnn = load_face_cnn().eval()

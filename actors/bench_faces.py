@@ -5,6 +5,8 @@ The video actor detects a face in every kept frame while speech goes on
 per frame sets how much of the machine four live sessions leave to the ASR.
 `encoders.video.detect_side` picks the size; this prints, for each size asked
 for, the CPU and wall time per frame and how many frames had a face, as JSON.
+It also times the frames in video order through one FaceTracker, as a live
+session's frames go: most are then searched only near the face found before.
 
     python -m actors.bench_faces demo/samples/conversation.mp4 --sides 480 320 240
 """
@@ -22,7 +24,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from magtkd_stream.encoders.face import HaarFaceDetector
+from magtkd_stream.encoders.face import FaceTracker, HaarFaceDetector
 
 
 def sample_frames(path: Path, count: int) -> list[np.ndarray]:
@@ -54,8 +56,18 @@ def measure(frames: Sequence[np.ndarray], side: int, repeats: int = 3) -> dict[s
             detector.detect(frame)
         cpu.append((time.process_time() - c0) * 1e3 / len(frames))
         wall.append((time.perf_counter() - w0) * 1e3 / len(frames))
+    tracked_cpu, tracked_found, whole_searches = [], 0, 0
+    for _ in range(repeats):
+        tracker = FaceTracker()
+        c0, tracked_found, whole_searches = time.process_time(), 0, 0
+        for frame in frames:
+            tracked_found += tracker.find(detector, frame) is not None
+            whole_searches += tracker.since_whole == 0
+        tracked_cpu.append((time.process_time() - c0) * 1e3 / len(frames))
     return {"side": side, "cpu_ms_per_frame": round(min(cpu), 1), "wall_ms_per_frame": round(min(wall), 1),
-            "frames_with_face": found, "frames": len(frames)}
+            "frames_with_face": found, "frames": len(frames),
+            "tracked_cpu_ms_per_frame": round(min(tracked_cpu), 1), "tracked_frames_with_face": tracked_found,
+            "tracked_whole_frame_searches": whole_searches}
 
 
 def main(argv: Optional[list[str]] = None) -> int:

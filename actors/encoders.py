@@ -25,6 +25,8 @@ from magtkd_stream.config import Config
 
 log = logging.getLogger(__name__)
 
+MAX_TRACKED_STREAMS = 1024  # face trackers kept by a video actor; the least recently used goes first
+
 UNTRAINED_MODEL_ID = "untrained"
 WARMUP_SESSION = "__warmup__"
 
@@ -145,6 +147,7 @@ class EncoderWorker:
         if checkpoint is not None:
             self._load_trained(checkpoint)
         self.encoder.to(_device(num_gpus)).eval()
+        self._trackers: dict[str, Any] = {}  # stream -> FaceTracker, least recently used first
         if self.crops_faces():
             _pin_threads(threads, opencv=True)  # only this actor loads OpenCV
         self.batcher = MicroBatcher(self._encode_batch, wait_ms / 1000, max_batch, f"{modality}-encoder")
@@ -170,15 +173,27 @@ class EncoderWorker:
         """Whether `crop` works: the encoder can cut a face out of a frame ahead of its utterance."""
         return callable(getattr(self.encoder, "crop_frame", None))
 
-    async def crop(self, frame: np.ndarray) -> Optional[np.ndarray]:
-        """The largest face of one BGR frame as a gray crop (None: no face), for the encoder's later `encode`.
+    async def crop(self, frame: np.ndarray, stream: Optional[str] = None) -> Optional[np.ndarray]:
+        """The face of one BGR frame as a gray crop (None: no face), for the encoder's later `encode`.
 
         Called as frames arrive, so face detection overlaps the speech instead of
-        competing with ASR once the utterance has ended.
+        competing with ASR once the utterance has ended. Frames of one `stream`
+        (a session) share a FaceTracker, so most are searched only near its last face.
         """
         if not self.crops_faces():
             raise TypeError(f"the {self.modality} encoder {type(self.encoder).__name__} does not crop faces")
-        return await self.batcher.background(self.encoder.crop_frame, frame)  # model thread, after waiting batches
+        tracker = None if stream is None else self._tracker(stream)
+        # model thread, after waiting batches; one thread, so a stream's tracker is used by one frame at a time
+        return await self.batcher.background(self.encoder.crop_frame, frame, tracker)
+
+    def _tracker(self, stream: str) -> Any:
+        from magtkd_stream.encoders.face import FaceTracker
+
+        tracker = self._trackers.pop(stream, None) or FaceTracker()
+        self._trackers[stream] = tracker  # most recently used last
+        while len(self._trackers) > MAX_TRACKED_STREAMS:
+            self._trackers.pop(next(iter(self._trackers)))
+        return tracker
 
     def _encode_batch(self, items: list[Any]) -> list[tuple[np.ndarray, bool]]:
         out = self.encoder.encode(items)

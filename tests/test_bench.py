@@ -74,6 +74,8 @@ def test_face_detection_benchmark_reports_each_size_and_names_bad_input(tmp_path
     assert [r["side"] for r in report["results"]] == [320, 160]
     assert report["results"][0]["frames"] == 3 and report["results"][0]["frames_with_face"] == 3
     assert all(r["cpu_ms_per_frame"] > 0 for r in report["results"])
+    first = report["results"][0]  # tracked: one whole-frame search, then two near the face found
+    assert first["tracked_frames_with_face"] == 3 and first["tracked_whole_frame_searches"] >= 1
     not_video = tmp_path / "notes.txt"
     not_video.write_text("no frames here", encoding="utf-8")
     capsys.readouterr()

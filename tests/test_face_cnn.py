@@ -15,7 +15,7 @@ import torch
 
 from magtkd_stream.config import VideoEncoderConfig
 from magtkd_stream.encoders.base import VideoInput
-from magtkd_stream.encoders.face import FaceCNNEncoder, HaarFaceDetector, prepare_faces, sample_indices
+from magtkd_stream.encoders.face import FaceCNNEncoder, FaceTracker, HaarFaceDetector, prepare_faces, sample_indices
 from magtkd_stream.encoders.face_cnn import (
     FACE_CNN_LABELS,
     MiniXception,
@@ -314,6 +314,54 @@ def test_pasted_fer_faces_are_detected_and_encoded():
     assert agree >= 0.5, f"detected crops agree with the ready crops on only {agree:.2f} of faces"
 
 
+def _shifted(frame: np.ndarray, dx: int, dy: int) -> np.ndarray:
+    """The picture moved by (dx, dy) pixels, black where it left."""
+    import cv2
+
+    return cv2.warpAffine(frame, np.float32([[1, 0, dx], [0, 1, dy]]), (frame.shape[1], frame.shape[0]))
+
+
+def test_a_search_near_the_last_face_finds_it_again_and_only_there():
+    det = HaarFaceDetector()
+    frame = grace_hopper()
+    wx, wy, ww, wh = det.detect(frame)[0]
+    found = det.detect(_shifted(frame, 12, -8), near=(wx, wy, ww, wh))
+    assert found, "the face moved 14 px and was not found near where it was"
+    x, y, w, h = found[0]
+    assert abs((x + w / 2) - (wx + ww / 2 + 12)) < 0.15 * ww and abs((y + h / 2) - (wy + wh / 2 - 8)) < 0.15 * ww
+    assert 0.7 * ww < w < 1.4 * ww
+    height, width = frame.shape[:2]
+    assert det.detect(frame, near=(10, 10, 40, 40)) == []  # a corner holds no face of that size
+    assert det.detect(frame, near=(width + 50, height + 50, 40, 40)) == []  # a window off the frame is empty
+
+
+class _CountingDetector(HaarFaceDetector):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    def detect(self, frame_bgr: np.ndarray, near=None):  # type: ignore[no-untyped-def]
+        self.calls.append("whole" if near is None else "near")
+        return super().detect(frame_bgr, near)
+
+
+def test_tracker_searches_near_its_face_and_the_whole_frame_when_due_or_lost():
+    det, tracker = _CountingDetector(), FaceTracker(redetect_every=3)
+    frame = grace_hopper()
+    boxes = [tracker.find(det, f) for f in (frame, _shifted(frame, 6, 0), _shifted(frame, 12, 0), frame)]
+    assert det.calls == ["whole", "near", "near", "whole"]
+    assert all(b is not None for b in boxes)
+    assert boxes[2][0] > boxes[0][0]  # it followed the face
+    det.calls.clear()
+    assert tracker.find(det, np.zeros_like(frame)) is None  # lost: the whole frame is searched, then given up
+    assert det.calls == ["near", "whole"] and tracker.last is None
+    det.calls.clear()
+    assert tracker.find(det, frame) is not None and det.calls == ["whole"]
+    enc = shipped_encoder()
+    tracked, plain = enc.crop_frame(frame, FaceTracker()), enc.crop_frame(frame)
+    assert tracked is not None and tracked.shape == plain.shape  # a first frame is a whole-frame search
+
+
 def test_faces_cropped_on_arrival_encode_like_the_frames_they_came_from():
     """The service crops faces as frames arrive; the utterance vector must not change for it."""
     import cv2
@@ -331,3 +379,23 @@ def test_faces_cropped_on_arrival_encode_like_the_frames_they_came_from():
     early = enc.encode([VideoInput(frames=[c for c in crops if c is not None])])
     assert whole.present.tolist() == early.present.tolist() == [True]
     torch.testing.assert_close(whole.vectors, early.vectors)
+
+
+def test_video_actor_tracks_each_stream_and_forgets_the_least_recent(monkeypatch: pytest.MonkeyPatch):
+    import asyncio
+
+    import actors.encoders as actor_encoders
+    from magtkd_stream.config import load_config
+
+    monkeypatch.setattr(actor_encoders, "MAX_TRACKED_STREAMS", 2)
+    worker = actor_encoders.EncoderWorker("video", load_config("lite"))
+    crop = asyncio.run(worker.crop(grace_hopper(), "s1"))
+    assert crop is not None and crop.ndim == 2
+    first = worker._trackers["s1"]
+    assert first.last is not None  # the stream's face is remembered for its next frame
+    assert worker._tracker("s1") is first
+    worker._tracker("s2")
+    worker._tracker("s1")
+    worker._tracker("s3")  # s2 was used least recently
+    assert list(worker._trackers) == ["s1", "s3"]
+    assert asyncio.run(worker.crop(grace_hopper())) is not None and len(worker._trackers) == 2  # no stream, no tracker

@@ -12,12 +12,16 @@ absent (present=False, zero vector) so that MAGT masks it.
 Frames that are 2-D uint8 arrays (or H x W x 1) are taken as ready face crops
 and skip detection: this is how FER2013's 48 x 48 faces train the encoder.
 Three-channel frames are full BGR camera frames and go through the detector.
+A live stream may pass a FaceTracker with each frame: most frames are then
+searched only near the face found before, at about a quarter of the cost.
 OpenCV is imported only when a detector or a resize is first needed.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
@@ -35,6 +39,9 @@ log = logging.getLogger(__name__)
 CASCADE_FILE = "haarcascade_frontalface_default.xml"
 PACKAGED_WEIGHTS_REFS = ("asset:face_cnn", "face_cnn")  # short forms of asset:face_cnn.safetensors
 Box = tuple[int, int, int, int]  # x, y, w, h in frame pixels
+NEAR_GROW = 0.5  # a search near a face covers it grown by half its size on every side
+NEAR_SIZES = (0.6, 1.6)  # ... for faces this many times its width
+REDETECT_EVERY = 6  # a tracked stream searches its whole frame every 6th frame (2 s at stream.crop_fps 3)
 
 
 def _cv2() -> Any:
@@ -77,22 +84,68 @@ class HaarFaceDetector:
         self.min_size = min_size
         self.max_side = max_side
 
-    def detect(self, frame_bgr: np.ndarray) -> list[Box]:
-        """Faces as (x, y, w, h) in the frame's pixels, largest first; [] when none."""
+    def detect(self, frame_bgr: np.ndarray, near: Optional[Box] = None) -> list[Box]:
+        """Faces as (x, y, w, h) in the frame's pixels, largest first; [] when none.
+
+        With `near`, a face found in an earlier frame of the same stream, only a
+        window around it is searched, and only for faces of about its size, at the
+        same scale as a whole-frame search: a face that stays put is found again
+        for about a quarter of the cost.
+        """
         cv2 = _cv2()
         gray = to_gray(frame_bgr)
         h, w = gray.shape
         scale = min(1.0, self.max_side / max(h, w))
+        x0 = y0 = 0
+        min_size, max_size = self.min_size, 0  # 0: no upper bound
+        if near is not None:
+            bx, by, bw, bh = near
+            dx, dy = int(bw * NEAR_GROW), int(bh * NEAR_GROW)
+            x0, y0, x1, y1 = max(0, bx - dx), max(0, by - dy), min(w, bx + bw + dx), min(h, by + bh + dy)
+            if x1 - x0 < 2 or y1 - y0 < 2:
+                return []
+            gray = gray[y0:y1, x0:x1]
+            min_size = max(self.min_size, int(bw * scale * NEAR_SIZES[0]))
+            max_size = max(min_size, math.ceil(bw * scale * NEAR_SIZES[1]))
         if scale < 1:
-            gray = cv2.resize(gray, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
+            size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
+            gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
         found = self._cascade.detectMultiScale(
             cv2.equalizeHist(gray),
             scaleFactor=self.scale_factor,
             minNeighbors=self.min_neighbors,
-            minSize=(self.min_size, self.min_size),
+            minSize=(min_size, min_size),
+            maxSize=(max_size, max_size),
         )
-        boxes = [tuple(int(round(v / scale)) for v in box) for box in np.asarray(found).reshape(-1, 4)]
-        return sorted(boxes, key=lambda b: b[2] * b[3], reverse=True)  # type: ignore[return-value]
+        boxes = [(x0 + int(round(bx / scale)), y0 + int(round(by / scale)), int(round(bw / scale)),
+                  int(round(bh / scale))) for bx, by, bw, bh in np.asarray(found).reshape(-1, 4)]
+        return sorted(boxes, key=lambda b: b[2] * b[3], reverse=True)
+
+
+@dataclass
+class FaceTracker:
+    """The face of one video stream, followed from frame to frame.
+
+    Most frames are searched only near the face found before (HaarFaceDetector.detect
+    with `near`). The whole frame is searched when that finds nothing, when no face
+    is known yet, and every `redetect_every`-th frame, so a new or larger face
+    is taken up within a few frames.
+    """
+
+    redetect_every: int = REDETECT_EVERY
+    last: Optional[Box] = None
+    since_whole: int = 0  # frames since the last whole-frame search
+
+    def find(self, detector: HaarFaceDetector, frame_bgr: np.ndarray) -> Optional[Box]:
+        """The stream's face in this frame (the largest one after a whole-frame search), or None."""
+        if self.last is not None and self.since_whole + 1 < self.redetect_every:
+            boxes = detector.detect(frame_bgr, near=self.last)
+            if boxes:
+                self.last, self.since_whole = boxes[0], self.since_whole + 1
+                return self.last
+        boxes = detector.detect(frame_bgr)
+        self.last, self.since_whole = (boxes[0] if boxes else None), 0
+        return self.last
 
 
 def to_gray(frame: np.ndarray) -> np.ndarray:
@@ -190,17 +243,22 @@ class FaceCNNEncoder(Encoder):
             self._detector = HaarFaceDetector(max_side=self.detect_side)
         return self._detector
 
-    def crop_frame(self, frame: np.ndarray) -> Optional[np.ndarray]:
+    def crop_frame(self, frame: np.ndarray, tracker: Optional[FaceTracker] = None) -> Optional[np.ndarray]:
         """Gray crop of the largest face (None when there is none); a 2-D frame is already a crop.
 
         A streaming caller may crop frames as they arrive and hand the crops over
-        as 2-D frames at the utterance's end, so detection overlaps the speech.
+        as 2-D frames at the utterance's end, so detection overlaps the speech;
+        with its stream's `tracker`, most frames are searched only near the last face.
         """
         gray = to_gray(frame)
         if frame.ndim == 2 or frame.shape[2] == 1:
             return gray
-        boxes = self.detector.detect(frame)
-        return crop_face(gray, boxes[0], self.margin) if boxes else None
+        if tracker is not None:
+            box = tracker.find(self.detector, frame)
+        else:
+            boxes = self.detector.detect(frame)
+            box = boxes[0] if boxes else None
+        return crop_face(gray, box, self.margin) if box is not None else None
 
     def face_crops(self, item: VideoInput) -> list[np.ndarray]:
         """Gray face crops of an utterance's sampled frames; frames without a face contribute none."""

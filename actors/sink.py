@@ -132,11 +132,11 @@ class PipelineSink:
 
     async def _crop(self, sess: _Session, ts: float, frame_bgr: np.ndarray) -> None:
         """Detect the face now so the utterance's end only runs the CNN; a failure costs this frame only."""
+        session = sess.core.session
         try:
-            session = sess.core.session
             crop = await self.pipeline.call("video", "crop", frame_bgr, session, key=session)  # its face tracker
         except Exception as exc:
-            log.warning("session %s: face crop at %.2f s failed: %s", sess.core.session, ts, _describe(exc))
+            log.warning("session %s: face crop at %.2f s failed: %s", session, ts, _describe(exc))
             return
         if crop is not None:
             sess.core.keep_face(ts, crop)

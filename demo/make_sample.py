@@ -344,7 +344,8 @@ def check_sample(media: Path, script: Path) -> list[str]:
     audio = load_audio(MediaSpan(str(media)), sr=16000)
     cascade = face_cascade()
     utts = doc["utterances"]
-    for k, u in enumerate(utts):
+    frames = middle_frames(media, utts)
+    for k, (u, frame) in enumerate(zip(utts, frames)):
         speech = audio[int(u["start"] * 16000) : int(u["end"] * 16000)]
         gap_end = utts[k + 1]["start"] if k + 1 < len(utts) else doc["duration"]
         gap = audio[int((u["end"] + 0.15) * 16000) : int((gap_end - 0.15) * 16000)]
@@ -352,14 +353,13 @@ def check_sample(media: Path, script: Path) -> list[str]:
         rms_gap = float(np.sqrt(np.mean(gap**2))) if len(gap) else 0.0
         if not rms_speech > max(0.01, 5 * rms_gap):
             problems.append(f"utterance {k}: speech RMS {rms_speech:.4f} is not clearly above the gap's {rms_gap:.4f}")
-        mid = (u["start"] + u["end"]) / 2
-        frame = load_frames(MediaSpan(str(media), mid, mid + 1.0 / FPS), num_frames=1)[0]
         faces = detect_faces(frame, cascade)
         if not faces:
+            mid = (u["start"] + u["end"]) / 2
             problems.append(f"utterance {k} ({u['speaker']}, {mid:.2f} s): no face found by the Haar cascade")
         elif max(y + h for _, y, _, h in faces) > CAPTION_TOP + 20:
             problems.append(f"utterance {k}: face {faces} overlaps the caption band")
-    reads = face_readings(media, utts)
+    reads = face_readings(frames)
     print("face CNN's reading per line: " + ", ".join(f"{u['emotion']} -> {label} {p:.2f}"
                                                        for u, (label, p) in zip(utts, reads)))
     wer = word_error_rates(audio, utts)
@@ -371,30 +371,36 @@ def check_sample(media: Path, script: Path) -> list[str]:
     return problems
 
 
-def face_readings(media: Path, utterances: Sequence[dict]) -> list[tuple[str, float]]:
-    """(label, probability) of the lite profile's face CNN on the face in the middle of each line.
+def middle_frames(media: Path, utterances: Sequence[dict]) -> list[np.ndarray]:
+    """The BGR frame shown in the middle of each line."""
+    out = []
+    for u in utterances:
+        mid = (u["start"] + u["end"]) / 2
+        out.append(load_frames(MediaSpan(str(media), mid, mid + 1.0 / FPS), num_frames=1)[0])
+    return out
+
+
+def face_readings(frames: Sequence[np.ndarray]) -> list[tuple[str, float]]:
+    """(label, probability) of the lite profile's face CNN on the face in each frame ("no face", 0.0 without one).
 
     The drawn expressions are meant to be read by a face model, not only by
-    people: this shows how the service's own face CNN reads them.
+    people: this shows how the service's own video encoder crops and reads them.
     """
     import torch
 
     from magtkd_stream.config import load_config
-    from magtkd_stream.encoders.face import HaarFaceDetector, crop_face, prepare_faces, to_gray
-    from magtkd_stream.encoders.face_cnn import FACE_CNN_LABELS, load_face_cnn
+    from magtkd_stream.encoders.face import FaceCNNEncoder, prepare_faces
+    from magtkd_stream.encoders.face_cnn import FACE_CNN_LABELS
 
-    detector = HaarFaceDetector(max_side=load_config("lite").encoders.video.detect_side)
-    cnn = load_face_cnn().eval()
+    encoder = FaceCNNEncoder(load_config("lite").encoders.video).eval()
     out = []
-    for u in utterances:
-        mid = (u["start"] + u["end"]) / 2
-        frame = load_frames(MediaSpan(str(media), mid, mid + 1.0 / FPS), num_frames=1)[0]
-        boxes = detector.detect(frame)
-        if not boxes:
+    for frame in frames:
+        crop = encoder.crop_frame(frame)
+        if crop is None:
             out.append(("no face", 0.0))
             continue
         with torch.no_grad():
-            p = torch.softmax(cnn(torch.from_numpy(prepare_faces([crop_face(to_gray(frame), boxes[0])]))), -1)[0]
+            p = torch.softmax(encoder.cnn(torch.from_numpy(prepare_faces([crop], encoder.image_size))), -1)[0]
         k = int(p.argmax())
         out.append((FACE_CNN_LABELS[k], float(p[k])))
     return out

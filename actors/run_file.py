@@ -16,7 +16,7 @@ import time
 from collections import Counter
 from pathlib import Path
 import sys
-from typing import Any, Callable, Mapping, Optional, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
@@ -256,18 +256,69 @@ def run_file(
             pipe.stop()
 
 
-def run_file_cli(cfg: Config, args: Any) -> int:
-    """`magtkd-stream run FILE`: exit 0 on success, 2 with a one-line reason on bad input."""
+def unique_sessions(paths: Sequence[Union[str, Path]]) -> list[str]:
+    """One session id per file, from its name; a repeated name gets -2, -3, ... so no two files share a session."""
+    seen: Counter = Counter()
+    out = []
+    for p in paths:
+        base = session_name(p)
+        seen[base] += 1
+        out.append(base if seen[base] == 1 else f"{base[:60]}-{seen[base]}")
+    return out
+
+
+def run_files(
+    cfg: Config,
+    paths: Sequence[Union[str, Path]],
+    fast: bool = False,
+    out_dir: Optional[Union[str, Path]] = None,
+    print_fn: Optional[PrintFn] = print,
+    *,
+    pipeline: Optional[Pipeline] = None,
+    address: Optional[str] = None,
+    speaker: Optional[str] = "A",
+    max_fps: float = 10.0,
+) -> list[dict[str, Any]]:
+    """Replay several files through one pipeline, one session each, in order; a summary per file.
+
+    Starting Ray and the actors costs far more than a short file, so a batch of
+    files shares one pipeline. With `out_dir`, file k's events go to
+    out_dir/<session k>.jsonl. Every file is probed before anything starts.
+    """
+    for p in paths:
+        probe(p)
+    sessions = unique_sessions(paths)
+    own = pipeline is None
+    pipe = pipeline or Pipeline.start(cfg, address)
+
+    async def all_files() -> list[dict[str, Any]]:
+        out = []
+        for p, session in zip(paths, sessions):
+            jsonl = Path(out_dir) / f"{session}.jsonl" if out_dir is not None else None
+            out.append(await run_file_async(pipe, p, fast, jsonl, print_fn, session, speaker, max_fps))
+        return out
+
     try:
-        summary = run_file(
-            cfg,
-            args.file,
-            fast=args.fast,
-            out_jsonl=args.out,
-            address=args.address,
-            speaker=args.speaker or "A",
-        )
+        return asyncio.run(all_files())
+    finally:
+        if own:
+            pipe.stop()
+
+
+def run_file_cli(cfg: Config, args: Any) -> int:
+    """`magtkd-stream run FILE [FILE ...]`: exit 0 on success, 2 with a one-line reason on bad input."""
+    files = args.file if isinstance(args.file, (list, tuple)) else [args.file]
+    out_dir = getattr(args, "out_dir", None)
+    try:
+        if len(files) > 1 and args.out is not None:
+            raise ValueError("--out names one JSONL file; with several files use --out-dir DIR")
+        if len(files) == 1 and out_dir is None:
+            summaries = [run_file(cfg, files[0], fast=args.fast, out_jsonl=args.out, address=args.address,
+                                  speaker=args.speaker or "A")]
+        else:
+            summaries = run_files(cfg, files, fast=args.fast, out_dir=out_dir, address=args.address,
+                                  speaker=args.speaker or "A")
     except (FileNotFoundError, ValueError) as exc:
         print(f"magtkd-stream run: {exc}", file=sys.stderr)
         return 2
-    return 0 if summary.get("utterances", 0) > summary.get("failed", 0) else 1
+    return 0 if all(s.get("utterances", 0) > s.get("failed", 0) for s in summaries) else 1

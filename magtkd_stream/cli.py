@@ -35,9 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="replay an audio or video file through the streaming pipeline")
-    run.add_argument("file", type=Path, help="audio or video file (anything FFmpeg decodes)")
+    run.add_argument("file", type=Path, nargs="+",
+                     help="audio or video file(s) (anything FFmpeg decodes); several run in order, one session each")
     run.add_argument("--fast", action="store_true", help="as fast as possible instead of real-time pace")
-    run.add_argument("--out", type=Path, default=None, help="write every event as JSONL here")
+    run.add_argument("--out", type=Path, default=None, help="write every event as JSONL here (one file)")
+    run.add_argument("--out-dir", type=Path, default=None, help="write each file's events to DIR/<session>.jsonl")
     run.add_argument("--speaker", default=None, help="speaker label for the whole file")
     _add_config_args(run)
 

@@ -244,6 +244,11 @@ class Stage2Config(StageConfig):
     pair_prob_by: dict[str, float] = field(default_factory=dict)  # per lent modality, overrides pair_prob
     pair_agree_by: dict[str, float] = field(default_factory=dict)  # per lent modality, overrides pair_agree
     asr_style: bool = False  # MAGT's text features (every split) come from transcripts written as the ASR writes them
+    compose_dialogues: int = 0  # multimodal conversations composed per epoch from the train sources (paired_dialogues.py)
+    compose_dev_dialogues: int = 0  # the same, composed once from the dev sources and added to the selection set
+    modality_dropout: float = 0.0  # per training utterance, each present modality is masked this often (one is kept)
+    class_balance: float = 0.0  # fused CE weight per class = (frequency)^-class_balance; 0 = plain CE, 0.5 = sqrt
+    calibrate: bool = False  # fit a softmax temperature per modality and for the fused output on dev
 
     def pairing(self) -> tuple[dict[str, float], dict[str, float]]:
         """(prob, agree) for each modality that may be lent, with the per-modality overrides applied."""
@@ -256,6 +261,15 @@ class Stage2Config(StageConfig):
         _check(len(self.windows) > 0, "train.stage2.windows", "must list at least one window (0 = full context)")
         _check(isinstance(self.asr_style, bool), "train.stage2.asr_style",
                f"must be true or false, got {self.asr_style!r}")
+        for key in ("compose_dialogues", "compose_dev_dialogues"):
+            v = getattr(self, key)
+            _check(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f"train.stage2.{key}",
+                   f"must be an integer >= 0, got {v!r}")
+        _check(0.0 <= self.modality_dropout < 1.0, "train.stage2.modality_dropout",
+               f"must be in [0, 1), got {self.modality_dropout}")
+        _check(0.0 <= self.class_balance <= 1.0, "train.stage2.class_balance",
+               f"must be in [0, 1] (0 = plain cross-entropy, 1 = inverse frequency), got {self.class_balance}")
+        _check(isinstance(self.calibrate, bool), "train.stage2.calibrate", f"must be true or false, got {self.calibrate!r}")
         _check(0.0 <= self.pair_prob <= 1.0, "train.stage2.pair_prob", f"must be in [0, 1], got {self.pair_prob}")
         _check(0.0 <= self.pair_agree <= 1.0, "train.stage2.pair_agree", f"must be in [0, 1], got {self.pair_agree}")
         for name in ("pair_prob_by", "pair_agree_by"):
@@ -283,6 +297,9 @@ class TrainConfig:
 
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
+    # Audio cut by the service's VAD before it is encoded (training/stage1_inputs.py: served_clip), so the
+    # vectors a head trains on are the ones the service computes. Off for synthetic non-speech audio.
+    vad_audio: bool = False
 
 
 @dataclass

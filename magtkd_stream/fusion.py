@@ -83,6 +83,8 @@ class FusionModel(nn.Module):
             {m: ModalityHead(int(encoder_dims[m]), cfg.feature_dim, num_classes) for m in MODALITIES}
         )
         self.magt = MAGT(cfg.magt, cfg.feature_dim, num_classes)
+        # Softmax temperatures fitted on dev (training/calibration.py); 1.0 = as trained.
+        self.temperature: dict[str, float] = {m: 1.0 for m in (*MODALITIES, "fused")}
 
     @classmethod
     def from_checkpoint(cls, ck: Checkpoint) -> "FusionModel":
@@ -94,12 +96,17 @@ class FusionModel(nn.Module):
         for m in MODALITIES:
             model.heads[m].load_state_dict(ck.state_dict(f"{m}.head"))
         model.magt.load_state_dict(ck.state_dict("magt"))
+        temps = ck.extra.get("temperature") or {}
+        for k, t in temps.items():
+            if k in model.temperature and isinstance(t, (int, float)) and t > 0:
+                model.temperature[k] = float(t)
         return model.eval()
 
     @torch.inference_mode()
     def head(self, modality: str, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(features (B, feature_dim), stage-1 logits (B, C)) from backbone vectors (B, dim)."""
-        return self.heads[modality](vectors)
+        """(features (B, feature_dim), calibrated stage-1 logits (B, C)) from backbone vectors (B, dim)."""
+        feats, logits = self.heads[modality](vectors)
+        return feats, logits / self.temperature[modality]
 
     @torch.inference_mode()
     def predict_last(self, windows: Sequence[SessionWindow]) -> list[np.ndarray]:
@@ -125,5 +132,5 @@ class FusionModel(nn.Module):
                         present[i, j, k] = True
         window = max(w.window for w in windows)
         out = self.magt(feats["text"], feats["audio"], feats["video"], speakers, pad, present, window=window)
-        probs = out.logits.softmax(-1)
+        probs = (out.logits / self.temperature["fused"]).softmax(-1)
         return [probs[i, lengths[i] - 1].numpy() for i in range(b)]

@@ -122,6 +122,7 @@ def stage2_loss(
     tau: float,
     use_feat: bool,
     tau_feat: float,
+    class_weight: Tensor | None = None,
 ) -> tuple[Tensor, dict[str, float]]:
     """Stage-2 objective over real, labelled utterances of a (B, L) batch of dialogues.
 
@@ -130,6 +131,7 @@ def stage2_loss(
     The fused prediction y and t' teach the auxiliary heads and are detached on the
     teacher side, so the weaker branches never pull the fused output toward them.
     Labels < 0 mark unlabelled utterances; `mask` is True at real utterances.
+    class_weight (C,) weighs the fused cross-entropy per class (rare classes up).
     Returns the total and a dict of detached float parts for logging.
     """
     if labels.shape != out.logits.shape[:2] or mask.shape != labels.shape:
@@ -147,7 +149,8 @@ def stage2_loss(
         names = ("ce", "audio_ce", "audio_soft", "audio_feat", "video_ce", "video_soft", "video_feat", "total")
         parts.update({k: 0.0 for k in names})
         return zero, parts
-    total = F.cross_entropy(y.float(), lab)
+    weight = None if class_weight is None else class_weight.to(y.device, torch.float32)
+    total = F.cross_entropy(y.float(), lab, weight=weight)
     parts["ce"] = float(total.detach())
     y_teacher = y.detach()
     t_teacher = out.t_prime[sel].detach() if use_feat else None

@@ -283,3 +283,40 @@ class VADSegmenter:
         while self._chunks and self._buf_start + CHUNK <= keep:
             self._chunks.popleft()
             self._buf_start += CHUNK
+
+
+def segment_clip(
+    wave: np.ndarray,
+    cfg: Optional[VADConfig] = None,
+    model: Any = None,
+    lead_s: float = 0.5,
+    tail_s: float = 1.0,
+) -> list[Utterance]:
+    """Cut a whole clip into utterances exactly as a live session would, with times relative to the clip.
+
+    Training reads clips (a RAVDESS file, a MELD line) while the service reads
+    VAD-cut segments of a stream; features computed on the whole clip (leading
+    and trailing silence included) are not the ones the service computes. The
+    clip is fed as a stream would carry it: after `lead_s` of silence and
+    followed by `tail_s` (zeros, as between the clips of a joined file), so that
+    the end-of-speech hangover and padding behave as they do live; padding
+    may reach into that silence, as it would in the stream.
+    """
+    wave = validate_waveform(wave, "wave")
+    seg = VADSegmenter(cfg, time_offset_s=-lead_s, model=model)
+    lead = np.zeros(int(round(lead_s * SAMPLE_RATE)), dtype=np.float32)
+    tail = np.zeros(int(round(tail_s * SAMPLE_RATE)), dtype=np.float32)
+    out = seg.push(np.concatenate([lead, wave, tail]))
+    out += seg.flush()
+    return out
+
+
+def served_audio(wave: np.ndarray, cfg: Optional[VADConfig] = None, model: Any = None) -> np.ndarray:
+    """The audio the service would encode for a one-utterance clip: its longest VAD segment.
+
+    Empty when the VAD finds no speech (the service would emit no utterance).
+    """
+    segments = segment_clip(wave, cfg, model)
+    if not segments:
+        return np.zeros(0, dtype=np.float32)
+    return max(segments, key=lambda u: u.audio.size).audio

@@ -324,7 +324,7 @@ def test_lite_recipe_on_real_data_subsets(tmp_path: Path) -> None:
     summary = _report(run, "lite_summary.json")
     assert summary["counts"]["ravdess"]["dev"]["utterances"] == 6 and "test" not in summary["counts"]["fer2013"]
     assert summary["meld_test"]["text_teacher_alone"]["n"] > 0
-    assert set(summary["stage2_dev_by_source"]) == {"meld", "ravdess", "fer2013"}
+    assert set(summary["stage2_dev_by_source"]) == {"meld", "ravdess", "fer2013", "composed"}
     demo = summary["ravdess_dev_override"]
     assert demo["n"] == 6 and sum(demo["text_only_predictions"].values()) == 6
     assert "no KD" in summary["kd"]

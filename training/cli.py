@@ -10,6 +10,8 @@
     magtkd-train paired --paired DATA/ravdess/ravdess_au_mfcc_actors01-20.npz
     magtkd-train lite --data ../shared/data               (the shipped lite checkpoint)
     magtkd-train ravdess-audio --data ../shared/data --cache runs/lite-full/cache   (held-out-actor audio scores)
+    magtkd-train compose --split dev --data ../shared/data --out runs/dev-compose --conversations 24 --seed 0
+    magtkd-train score-dev --dev runs/dev-compose --out runs/dev-score [--limit 4]   (the product on them)
 
 A recipe is a full configuration file (profile, encoders, magt, kd, train);
 data locations are flags, never config keys. `--profile-override tiny` swaps in
@@ -149,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", type=Path, default=None, help="where to copy the checkpoint "
                                                               "(default magtkd_stream/assets/lite.safetensors)")
     p.add_argument("--no-export", action="store_true", help="leave the shipped checkpoint alone")
+    p.add_argument("--text-from", type=Path, default=None, metavar="CHECKPOINT",
+                   help="reuse this streaming checkpoint's trained text teacher instead of fine-tuning it again")
 
     p = sub.add_parser("ravdess-audio", help="RAVDESS held-out-actor scores of the lite audio branch (8 and 7 classes)")
     _common(p, "recipe whose audio encoder and stage-1 settings are used (default configs/train_lite.yaml)")
@@ -158,6 +162,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a lite run's cache folder with the Whisper vectors (e.g. runs/lite-full/cache); "
                         "default: computed and kept in this run's cache/")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+
+    p = sub.add_parser("parity", help="train/serve parity of the audio branch on RAVDESS actors; "
+                                      "join their clips into one file for `magtkd-stream run`, or score its events")
+    _common(p, "recipe whose encoders and VAD are used (default configs/train_lite.yaml)")
+    p.add_argument("--data", type=Path, default=None, help="data root holding ravdess/ (default $MAGTKD_DATA)")
+    p.add_argument("--ravdess", type=Path, default=None, help="RAVDESS folder with speech_16k/ (default DATA/ravdess)")
+    p.add_argument("--actors", type=int, nargs="+", default=list(range(17, 21)), help="default: the dev actors 17-20")
+    p.add_argument("--checkpoint", type=Path, default=None, help="score this checkpoint's audio head three ways")
+    p.add_argument("--join", type=Path, default=None, metavar="DIR",
+                   help="write DIR/ravdess_joined.wav (clips shuffled, 1 s apart) and its script JSON")
+    p.add_argument("--events", type=Path, default=None, help="score `magtkd-stream run --out` events of the joined file")
+    p.add_argument("--script", type=Path, default=None, help="the joined file's script JSON (with --events)")
+
+    p = sub.add_parser("compose", help="synthetic multimodal conversations with cue labels (training/compose.py)")
+    p.add_argument("--split", required=True, choices=("dev", "train"))
+    p.add_argument("--data", type=Path, default=None, help="data root (meld/, ravdess/, fer2013/, faces_muxspace/; "
+                                                           "default $MAGTKD_DATA)")
+    p.add_argument("--out", type=Path, required=True, help="output folder (conv-XXX.mp4/.json, manifest.json)")
+    p.add_argument("--conversations", type=int, default=24)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--plan-only", action="store_true", help="write plan.json and manifest.json only (no media)")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging on the console")
+
+    p = sub.add_parser("score-dev", help="run composed conversations through `magtkd-stream run` and score them")
+    p.add_argument("--dev", type=Path, required=True, help="a folder written by `compose` (rendered)")
+    p.add_argument("--out", type=Path, required=True, help="where events/, summary.json and confusion.png go")
+    p.add_argument("--config", default="lite", help="profile for magtkd-stream (default lite)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override passed on to magtkd-stream (repeatable)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N conversations")
+    p.add_argument("--reuse-events", action="store_true", help="score the events already in OUT/events")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging on the console")
     return parser
 
 
@@ -435,7 +471,8 @@ def _cmd_lite(args: argparse.Namespace, cfg: Config, run: Any, prep: dict[str, A
     from training.lite import run_lite
 
     try:
-        return run_lite(cfg, prep["data"], run, prep["limits"], prep["stage2_limits"], prep["export"], args.resume)
+        return run_lite(cfg, prep["data"], run, prep["limits"], prep["stage2_limits"], prep["export"], args.resume,
+                        text_from=_exists(args.text_from, "lite: --text-from", "file") if args.text_from else None)
     except FileNotFoundError as exc:
         raise UsageError(" ".join(str(exc).split())) from None
 
@@ -445,7 +482,7 @@ def _prepare_ravdess_audio(args: argparse.Namespace, cfg: Config) -> Path:
     folder = args.ravdess or (root / "ravdess" if root is not None else None)
     if folder is None:
         raise UsageError("ravdess-audio: give --data ROOT (holding ravdess/) or --ravdess DIR")
-    if args.cache is not None:
+    if getattr(args, "cache", None) is not None:
         _exists(args.cache, "--cache")
     return _exists(folder, "ravdess-audio: --ravdess")  # type: ignore[return-value]
 
@@ -459,13 +496,72 @@ def _cmd_ravdess_audio(args: argparse.Namespace, cfg: Config, run: Any, folder: 
     return report
 
 
+def _prepare_parity(args: argparse.Namespace, cfg: Config) -> Path:
+    if not (args.checkpoint or args.join or args.events):
+        raise UsageError("parity: give --checkpoint CK, --join DIR, or --events EVENTS --script JSON")
+    if args.events is not None:
+        _exists(args.events, "parity: --events", "file")
+        _exists(args.script, "parity: --script", "file") if args.script else None
+        if args.script is None:
+            raise UsageError("parity: --events needs --script (the JSON written by --join)")
+    if args.checkpoint is not None:
+        _exists(args.checkpoint, "parity: --checkpoint", "file")
+    return _prepare_ravdess_audio(args, cfg)
+
+
+def _cmd_parity(args: argparse.Namespace, cfg: Config, run: Any, folder: Path) -> dict[str, Any]:
+    from training.parity import join_clips, run_parity, score_joined
+
+    report: dict[str, Any] = {}
+    if args.join is not None:
+        wav, script = join_clips(folder, args.actors, args.join, cfg.seed)
+        report["joined"] = {"media": str(wav), "script": str(script)}
+    if args.checkpoint is not None:
+        report["vectors"] = run_parity(folder, cfg, args.checkpoint, args.actors, cfg.seed)
+    if args.events is not None:
+        report["stream"] = score_joined(args.events, args.script)
+    run.save_metrics("parity", report)
+    print(json.dumps(report, indent=2))
+    return report
+
+
+def _cmd_compose(args: argparse.Namespace) -> dict[str, Any]:
+    from training.compose import compose
+
+    root = _data_root(args)
+    if root is None:
+        raise UsageError("compose: give --data ROOT (holding meld/, ravdess/, fer2013/, faces_muxspace/)")
+    if args.conversations < 1:
+        raise UsageError(f"--conversations must be >= 1, got {args.conversations}")
+    try:
+        manifest = compose(root, args.split, args.out, args.conversations, args.seed, args.plan_only)
+    except (FileNotFoundError, KeyError, ValueError) as exc:
+        raise UsageError(f"compose: {' '.join(str(exc).split())}") from None
+    print(json.dumps({k: manifest[k] for k in ("split", "seed", "count", "plan_only", "counts")}, indent=2))
+    return manifest
+
+
+def _cmd_score_dev(args: argparse.Namespace) -> dict[str, Any]:
+    from training.score_dev import score_dev, table
+
+    _exists(args.dev, "--dev")
+    if not (args.dev / "manifest.json").is_file():
+        raise UsageError(f"--dev {args.dev}: no manifest.json (write it with `magtkd-train compose`)")
+    try:
+        summary = score_dev(args.dev, args.out, args.config, args.overrides, args.limit, args.reuse_events)
+    except (FileNotFoundError, ValueError) as exc:
+        raise UsageError(f"score-dev: {' '.join(str(exc).split())}") from None
+    print(table(summary))
+    return summary
+
+
 _COMMANDS = {
     "all": (_prepare_dataset, _cmd_all), "stage1": (_prepare_dataset, _cmd_stage1),
     "extract": (_prepare_dataset, _cmd_extract), "stage2": (_prepare_stage2, _cmd_stage2),
     "paired": (_prepare_paired, _cmd_paired), "lite": (_prepare_lite, _cmd_lite),
-    "ravdess-audio": (_prepare_ravdess_audio, _cmd_ravdess_audio),
+    "ravdess-audio": (_prepare_ravdess_audio, _cmd_ravdess_audio), "parity": (_prepare_parity, _cmd_parity),
 }
-_DEFAULT_RECIPE = {"lite": "train_lite", "paired": "train_lite", "ravdess-audio": "train_lite"}
+_DEFAULT_RECIPE = {"lite": "train_lite", "paired": "train_lite", "ravdess-audio": "train_lite", "parity": "train_lite"}
 
 
 def _run(args: argparse.Namespace) -> dict[str, Any]:
@@ -483,6 +579,10 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         return result
     if args.command == "text-style":
         return _cmd_text_style(args)
+    if args.command == "compose":
+        return _cmd_compose(args)
+    if args.command == "score-dev":
+        return _cmd_score_dev(args)
     cfg = _config(args, _DEFAULT_RECIPE.get(args.command))
     if args.resume and (args.run_dir is None or not args.run_dir.is_dir()):
         raise UsageError(f"--resume needs --run-dir naming an existing run folder (got {args.run_dir})")

@@ -154,13 +154,15 @@ def run_lite(
     stage2_limits: Optional[Limits] = None,
     export: Optional[Path] = None,
     resume: bool = False,
+    text_from: Optional[Path] = None,
 ) -> dict[str, Any]:
     """Train the lite checkpoint end to end in `run`; returns the summary (also in lite_summary.json).
 
     limits: dialogues per source/split for everything (small runs, tests);
     stage2_limits: a further cap on what stage 2 trains and selects on (stage 1 and
     the stage-1 scores still use every loaded utterance). export: copy the final
-    streaming checkpoint there.
+    streaming checkpoint there. text_from: take the trained text teacher from this
+    streaming checkpoint instead of fine-tuning it again (the longest stage by far).
     """
     from training.stage2 import train_stage2
 
@@ -185,7 +187,9 @@ def run_lite(
     }
 
     t0 = time.time()
-    text = stage1_model(cfg, sources["meld"], "text", run, resume)
+    if text_from is not None:
+        reuse_text_teacher(text_from, cfg, run)
+    text = stage1_model(cfg, sources["meld"], "text", run, resume or text_from is not None)
     audio = stage1_model(cfg, sources["ravdess"], "audio", run, resume)
     video = stage1_model(cfg, sources["fer2013"], "video", run, resume)
     times["stage1"] = time.time() - t0
@@ -247,6 +251,28 @@ def run_lite(
     write_report(run, summary, SUMMARY)
     _log_summary(summary)
     return summary
+
+
+def reuse_text_teacher(checkpoint: Path, cfg: Config, run: RunFolder) -> Path:
+    """Write the text head and fine-tuned layers of a streaming checkpoint as this run's stage-1 text model."""
+    from magtkd_stream.checkpoint import save_checkpoint
+
+    ck = load_checkpoint(checkpoint, expect_labels=_labels(cfg), expect_profile=cfg.profile)
+    dims = ck.extra.get("encoder_dims") or {}
+    if "text" not in dims:
+        raise ValueError(f"{checkpoint} holds no text model (encoder_dims {dims})")
+    mine, theirs = cfg.encoders.text, ck.config.encoders.text
+    if (mine.model, mine.trainable_layers) != (theirs.model, theirs.trainable_layers):
+        raise ValueError(f"{checkpoint}: its text encoder ({theirs.model}, {theirs.trainable_layers} trainable layers) "
+                         f"is not the recipe's ({mine.model}, {mine.trainable_layers})")
+    modules = {"text.head": ck.state_dict("text.head"), "text.encoder": ck.state_dict("text.encoder")}
+    path = save_checkpoint(run.best_checkpoint("stage1-text"), modules, cfg, ck.labels,
+                           extra={"encoder_dims": {"text": int(dims["text"])}, "stage": 1, "modality": "text",
+                                  "reused_from": str(checkpoint)})
+    run.save_metrics("stage1-text", {"name": "text", "modality": "text", "dataset": "meld", "reused_from": str(checkpoint),
+                                     "checkpoint": str(path), "counts": {}})
+    logger.info("stage 1 text: reusing the teacher of %s", checkpoint)
+    return path
 
 
 def _labels(cfg: Config) -> tuple[str, ...]:

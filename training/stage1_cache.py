@@ -94,6 +94,7 @@ def _fingerprint(encoder: Encoder, modality: str, refs: Sequence[UttRef], cfg: C
         "modality": modality,
         "encoder": dataclasses.asdict(enc_cfg) if dataclasses.is_dataclass(enc_cfg) else None,
         "sample_rate": cfg.encoders.audio.sample_rate,
+        "audio_input": "vad-segment" if modality == "audio" and cfg.train.vad_audio else None,  # served_clip
         "num_frames": cfg.encoders.video.num_frames,
         "uids": [r.utt.uid for r in refs],
         "text": [r.utt.text for r in refs] if modality == "text" else None,

@@ -27,6 +27,33 @@ logger = logging.getLogger(__name__)
 FACE_KEY = "face"  # FER2013-style ready face crops in Utterance.arrays
 
 
+def served_clip(wave: np.ndarray, cfg: Config) -> np.ndarray:
+    """A one-utterance clip cut by the service's own VAD settings, so training encodes what is served.
+
+    Pooling Whisper states over a whole clip (its leading and trailing silence
+    included) gives other vectors than the VAD-cut segment the service encodes.
+    A clip in which the VAD hears no speech comes back empty: the encoder then
+    reports the audio absent, as the service would emit no utterance at all.
+    """
+    from magtkd_stream.stream_config import StreamConfig
+    from magtkd_stream.vad import served_audio
+
+    return served_audio(wave, StreamConfig.from_dict(cfg.stream).vad, _vad_model())
+
+
+_VAD_MODEL: Any = None
+
+
+def _vad_model() -> Any:
+    """Silero's ONNX session, loaded once per process (it is stateless and thread-safe)."""
+    global _VAD_MODEL
+    if _VAD_MODEL is None:
+        from faster_whisper.vad import get_vad_model
+
+        _VAD_MODEL = get_vad_model()
+    return _VAD_MODEL
+
+
 @dataclass(frozen=True)
 class UttRef:
     """One utterance and where it sits in its dialogue (its context is what precedes it)."""
@@ -79,7 +106,8 @@ def make_input(ref: UttRef, modality: str, encoder: Encoder, cfg: Config) -> Any
         return TextInput(speaker=utt.speaker, text=utt.text, context=ref.context())
     if modality == "audio":
         assert utt.audio is not None
-        return AudioInput(load_audio(utt.audio, sr=cfg.encoders.audio.sample_rate))
+        wave = load_audio(utt.audio, sr=cfg.encoders.audio.sample_rate)
+        return AudioInput(served_clip(wave, cfg) if cfg.train.vad_audio else wave)
     if modality == "video":
         if utt.video is not None:
             return VideoInput(load_frames(utt.video, num_frames=cfg.encoders.video.num_frames))

@@ -39,6 +39,7 @@ from training.features import (
 )
 from training.metrics import compute_metrics, save_confusion_png
 from training.pairing import pair_modalities
+from training.paired_dialogues import ComposeSettings, compose_dialogues, drop_modalities
 from training.runs import RunFolder, progress, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class Predictions:
     y_true: np.ndarray  # (N,) int64
     y_pred: np.ndarray  # (N,) int64
     sources: np.ndarray  # (N,) str
+    logits: np.ndarray | None = None  # (N, C) fused logits, for calibration
 
 
 # -------------------------------------------------------------------- features
@@ -116,19 +118,21 @@ def predict(
 ) -> Predictions:
     """Predictions of the fused head for every labelled utterance, with context `window` (0 = full)."""
     model.eval()
-    ys, ps, srcs = [], [], []
+    ys, ps, srcs, zs = [], [], [], []
     for idx in progress(_batches(len(dialogues), batch_size, None), desc=desc, unit="batch"):
         group = [dialogues[i] for i in idx]
         batch = collate_features(group, kinds, model.feature_dim)
         labels = batch.pop("labels")
         batch = {k: v.to(device) for k, v in batch.items()}
-        pred = model(**batch, window=window).logits.argmax(-1).cpu()  # (B, L)
+        logits = model(**batch, window=window).logits.float().cpu()  # (B, L, C)
         sel = labels >= 0
         ys.append(labels[sel].numpy())
-        ps.append(pred[sel].numpy())
+        ps.append(logits.argmax(-1)[sel].numpy())
+        zs.append(logits[sel].numpy())
         srcs.append(np.array([d.source for d in group], dtype=object)[sel.nonzero()[:, 0].numpy()])
     cat = (lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt))  # noqa: E731
-    return Predictions(cat(ys, np.int64), cat(ps, np.int64), cat(srcs, object))
+    z = np.concatenate(zs).astype(np.float32) if zs else None
+    return Predictions(cat(ys, np.int64), cat(ps, np.int64), cat(srcs, object), z)
 
 
 def score(pred: Predictions, labels: Sequence[str], window: int) -> dict[str, Any]:
@@ -163,6 +167,7 @@ def _train_one_epoch(
     window: int,
     device: torch.device,
     epoch: int,
+    class_weight: torch.Tensor | None = None,
 ) -> dict[str, float]:
     """One pass over the training batches; returns mean loss parts (over batches with labels)."""
     model.train()
@@ -175,7 +180,8 @@ def _train_one_epoch(
         batch = {k: v.to(device) for k, v in batch.items()}
         out = model(**batch, window=window)
         loss, parts = stage2_loss(
-            out, labels, batch["pad_mask"], kd.lambda_audio, kd.lambda_video, kd.tau, kd.stage2_feat, kd.tau_feat
+            out, labels, batch["pad_mask"], kd.lambda_audio, kd.lambda_video, kd.tau, kd.stage2_feat, kd.tau_feat,
+            class_weight,
         )
         optimizer.zero_grad(set_to_none=True)
         if bool((labels >= 0).any()):  # a batch without labels contributes nothing (and no NaN)
@@ -214,6 +220,30 @@ def _encoder_dims(meta: Mapping[str, Any], heads: Mapping[str, Mapping[str, torc
     return dims
 
 
+def _epoch_train(train: list[DialogueFeatures], kinds: Mapping[str, str], labels: Sequence[str], cfg: Config,
+                 compose: ComposeSettings, epoch: int) -> list[DialogueFeatures]:
+    """This epoch's training dialogues: lent modalities, composed conversations, modality dropout."""
+    s2 = cfg.train.stage2
+    out = pair_modalities(train, kinds, cfg.feature_dim, *s2.pairing(), np.random.default_rng([cfg.seed, epoch, 1]))
+    out += compose_dialogues(train, kinds, labels, cfg.feature_dim, compose,
+                             np.random.default_rng([cfg.seed, epoch, 2]))
+    return drop_modalities(out, s2.modality_dropout, np.random.default_rng([cfg.seed, epoch, 3]))
+
+
+def _class_weights(train: list[DialogueFeatures], compose: ComposeSettings, kinds: Mapping[str, str],
+                   labels: Sequence[str], cfg: Config, power: float) -> torch.Tensor | None:
+    """Per-class CE weights (frequency ** -power, mean 1 over the training utterances); None when power is 0."""
+    if power <= 0:
+        return None
+    sample = _epoch_train(train, kinds, labels, cfg, compose, 0)
+    y = np.concatenate([d.labels[d.labels >= 0] for d in sample])
+    counts = np.bincount(y, minlength=len(labels)).astype(np.float64)
+    w = np.where(counts > 0, np.maximum(counts, 1.0) ** -power, 0.0)
+    w = w / max(1e-12, float((w[y]).mean()))
+    logger.info("stage 2 class weights: %s", {labels[i]: round(float(v), 3) for i, v in enumerate(w)})
+    return torch.tensor(w, dtype=torch.float32)
+
+
 def train_stage2(
     cfg: Config,
     features_dir: str | Path | Sequence[str | Path],
@@ -238,6 +268,12 @@ def train_stage2(
     labels = list(meta["labels"])
     train, dev, test = splits["train"], splits["dev"], splits["test"]
     kinds = choose_feature_kinds(train, cfg.kd)
+    compose = ComposeSettings(dialogues=s2.compose_dialogues)
+    if s2.compose_dev_dialogues:  # selection also rewards combining modalities, never only copying one
+        dev = dev + compose_dialogues(dev, kinds, labels, cfg.feature_dim,
+                                      ComposeSettings(dialogues=s2.compose_dev_dialogues),
+                                      np.random.default_rng([cfg.seed, 7]), split="dev")
+    class_weight = _class_weights(train, compose, kinds, labels, cfg, s2.class_balance)
     head_sd = _resolve_heads(heads, stored_heads, kinds)
     if set(head_sd) != set(MODALITIES):
         logger.warning("no stage-1 heads for %s: the checkpoint holds MAGT only and the streaming service "
@@ -248,7 +284,7 @@ def train_stage2(
 
     model = MAGT(cfg.magt, cfg.feature_dim, len(labels)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=s2.lr, weight_decay=s2.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / s2.batch_size)
+    steps_per_epoch = math.ceil((len(train) + s2.compose_dialogues) / s2.batch_size)
     total = steps_per_epoch * s2.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_warmup_decay(total, int(s2.warmup_ratio * total)))
 
@@ -268,11 +304,11 @@ def train_stage2(
             break
         t0 = time.time()
         rng = np.random.default_rng([cfg.seed, epoch])  # epoch order does not depend on what ran before
-        epoch_train = pair_modalities(train, kinds, cfg.feature_dim, *s2.pairing(),
-                                      np.random.default_rng([cfg.seed, epoch, 1]))
-        loader = torch.utils.data.DataLoader(epoch_train, batch_sampler=_batches(len(train), s2.batch_size, rng),
+        epoch_train = _epoch_train(train, kinds, labels, cfg, compose, epoch)
+        loader = torch.utils.data.DataLoader(epoch_train, batch_sampler=_batches(len(epoch_train), s2.batch_size, rng),
                                              collate_fn=collate, num_workers=s2.num_workers)
-        losses = _train_one_epoch(model, loader, optimizer, scheduler, cfg, window, device, epoch)
+        losses = _train_one_epoch(model, loader, optimizer, scheduler, cfg, window, device, epoch,
+                                  class_weight=class_weight)
         dev_m = score(predict(model, dev, kinds, window, s2.batch_size, device, "dev"), labels, window)
         value = float(dev_m[s2.select_metric])
         improved = value > best["score"]
@@ -293,6 +329,13 @@ def train_stage2(
         run.save_state(epoch, model, optimizer, scheduler, best, tag=STATE_TAG, extra={"history": history})
 
     summary = _final_evaluation(cfg, run, model, labels, dev, test, kinds, window, device, best)
+    if s2.calibrate:
+        cal = calibrate_outputs(model, dev, kinds, head_sd, window, s2.batch_size, device)
+        extra_base["temperature"] = {m: v["temperature"] for m, v in cal.items()}
+        summary["calibration"] = cal
+        run.save_metrics("calibration", cal)
+        logger.info("calibration on dev: %s", {m: (v["temperature"], v["ece_before"], v["ece_after"])
+                                               for m, v in cal.items()})
     ck = load_checkpoint(run.best_checkpoint())
     save_checkpoint(run.best_checkpoint(), {"magt": ck.state_dict("magt"),
                                             **{f"{m}.head": ck.state_dict(f"{m}.head") for m in head_sd}},
@@ -300,6 +343,27 @@ def train_stage2(
     logger.info("stage 2 done: best epoch %d, dev %s %.4f; checkpoint %s", best["epoch"] + 1, s2.select_metric,
                 best["score"], run.best_checkpoint())
     return summary
+
+
+def calibrate_outputs(model: MAGT, dev: Sequence[DialogueFeatures], kinds: Mapping[str, str],
+                      heads: Mapping[str, Mapping[str, torch.Tensor]], window: int, batch_size: int,
+                      device: torch.device) -> dict[str, dict[str, float]]:
+    """A temperature (and dev ECE before/after) for the fused output and for each stage-1 head."""
+    from training.calibration import calibrate
+
+    pred = predict(model, dev, kinds, window, batch_size, device, "calibrate")
+    out = {"fused": calibrate(pred.logits, pred.y_true)}
+    for m, sd in heads.items():
+        if "cls.weight" not in sd:
+            continue
+        rows = [(d.feats[kinds[m]][i], int(d.labels[i])) for d in dev if kinds[m] in d.feats
+                for i in np.flatnonzero(d.present[m] & (d.labels >= 0))]
+        if not rows:
+            continue
+        x = torch.from_numpy(np.stack([r[0] for r in rows]).astype(np.float32))
+        z = (x @ sd["cls.weight"].float().T + sd["cls.bias"].float()).numpy()
+        out[m] = calibrate(z, np.array([r[1] for r in rows]))
+    return out
 
 
 def _final_evaluation(

@@ -31,7 +31,8 @@ SR = 16000
 FIRST = "Hello, my name is John and I like to eat pizza."
 SECOND = "The weather is very nice today in London."
 THIRD = "I cannot believe you did that to me."
-SAMPLE_MIN_HITS = 5  # of 8; docs/RESULTS.md "The sample conversation" shows each line
+SAMPLE_MIN_HITS = 4  # of 8 (half); the checkpoint is selected on the 184-utterance dev benchmark, not on
+# these 8 lines (docs/RESULTS.md, "The sample conversation", lists each line for the shipped checkpoint)
 # Deterministic per waveform (not per call), so concurrent sessions get the same text as a solo run.
 SCRIPT = lambda i, w: f"This utterance lasts {len(w) // 1600} tenths of ten seconds."  # noqa: E731
 

@@ -30,9 +30,8 @@ import sys
 import tempfile
 import zipfile
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import cv2
 import numpy as np
@@ -41,7 +40,7 @@ if __package__ in (None, ""):  # run as a script: make `demo` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from demo.expressions import EXPRESSIONS, express  # noqa: E402
-from training.data.media import load_audio, load_frames, probe
+from training.data.media import load_audio, load_frames, probe, mux_mp4
 from training.data.synthetic import AUDIO_RATE, Voice, _speak, _video_codec
 from training.data.types import MediaSpan
 
@@ -255,33 +254,19 @@ def write_media(path: Path, portrait: np.ndarray, track: np.ndarray, utterances:
     views = {(k, emotion): speaker_view(face, side) for k, side in enumerate(SPEAKERS) for emotion, face in faces.items()}
     levels = _levels(track, n_frames)
     by_name = {side.voice.name: k for k, side in enumerate(SPEAKERS)}
-    pcm = (track.astype(np.float32) / 32768.0).reshape(1, -1)
-    vcodec = _video_codec(av)
-    with av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"}) as out:
-        vs = out.add_stream(vcodec, rate=FPS)
-        vs.width, vs.height, vs.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        if vcodec == "libx264":
-            vs.options = {"crf": str(CRF), "preset": "medium", "g": str(2 * FPS)}
-        aus = out.add_stream("aac", rate=AUDIO_RATE, layout="mono")
-        aus.bit_rate = AUDIO_BITRATE
-        sent = 0
+    pcm = track.astype(np.float32) / 32768.0
+
+    def frames() -> Iterator[np.ndarray]:
         for i in range(n_frames):
             t = i / FPS
             current = max([u for u in utterances if u["start"] <= t] or [utterances[0]], key=lambda u: u["start"])
             who = by_name[current["speaker"]]
             speaking = current["start"] <= t <= current["end"]
-            img = render_frame(views[who, current["emotion"]], SPEAKERS[who], current["text"], speaking, levels[i])
-            vf = av.VideoFrame.from_ndarray(img, format="bgr24")
-            vf.pts, vf.time_base = i, Fraction(1, FPS)
-            out.mux(vs.encode(vf))
-            upto = min(pcm.shape[1], int((i + 1) * AUDIO_RATE / FPS))
-            while sent + 1024 <= upto or (upto == pcm.shape[1] and sent < upto):
-                af = av.AudioFrame.from_ndarray(pcm[:, sent : sent + 1024], format="fltp", layout="mono")
-                af.sample_rate, af.pts, af.time_base = AUDIO_RATE, sent, Fraction(1, AUDIO_RATE)
-                out.mux(aus.encode(af))
-                sent += af.samples
-        out.mux(vs.encode(None))
-        out.mux(aus.encode(None))
+            yield render_frame(views[who, current["emotion"]], SPEAKERS[who], current["text"], speaking, levels[i])
+
+    vcodec = _video_codec(av)
+    options = {"crf": str(CRF), "preset": "medium", "g": str(2 * FPS)} if vcodec == "libx264" else {}
+    mux_mp4(path, frames(), pcm, AUDIO_RATE, FPS, (WIDTH, HEIGHT), vcodec, options, AUDIO_BITRATE)
     return duration
 
 

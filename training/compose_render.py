@@ -25,15 +25,14 @@ import shutil
 import subprocess
 import tempfile
 import wave
-from fractions import Fraction
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 import numpy as np
 
 from magtkd_stream.labels import MELD_LABELS
 from training.compose import TAIL_S, ConversationPlan, Sources, SpeakerPlan, UtterancePlan
-from training.data.media import load_audio
+from training.data.media import load_audio, mux_mp4
 from training.data.types import MediaSpan
 
 log = logging.getLogger(__name__)
@@ -164,34 +163,18 @@ def blank(slot: int) -> np.ndarray:
 # ------------------------------------------------------------------ writing
 def write_mp4(path: Path, pictures: list[np.ndarray], switch_at: list[float], track: np.ndarray) -> float:
     """Mux H.264 frames (picture k from switch_at[k]) and the mono AAC track; returns the duration."""
-    import av
-
     duration = len(track) / SR
     n_frames = int(np.ceil(duration * FPS))
-    pcm = track.reshape(1, -1).astype(np.float32)
-    with av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"}) as out:
-        vs = out.add_stream("libx264", rate=FPS)
-        vs.width, vs.height, vs.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        vs.options = {"crf": str(CRF), "preset": PRESET, "g": str(2 * FPS), "threads": "1"}
-        aus = out.add_stream("aac", rate=SR, layout="mono")
-        aus.bit_rate = AUDIO_BITRATE
-        sent, k = 0, 0
+
+    def frames() -> Iterator[np.ndarray]:
+        k = 0
         for i in range(n_frames):
-            t = i / FPS
-            while k + 1 < len(switch_at) and switch_at[k + 1] <= t:
+            while k + 1 < len(switch_at) and switch_at[k + 1] <= i / FPS:
                 k += 1
-            vf = av.VideoFrame.from_ndarray(pictures[k], format="bgr24")
-            vf.pts, vf.time_base = i, Fraction(1, FPS)
-            out.mux(vs.encode(vf))
-            upto = min(pcm.shape[1], int((i + 1) * SR / FPS))
-            while sent + 1024 <= upto or (upto == pcm.shape[1] and sent < upto):
-                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, sent: sent + 1024]), format="fltp",
-                                                layout="mono")
-                af.sample_rate, af.pts, af.time_base = SR, sent, Fraction(1, SR)
-                out.mux(aus.encode(af))
-                sent += af.samples
-        out.mux(vs.encode(None))
-        out.mux(aus.encode(None))
+            yield pictures[k]
+
+    mux_mp4(path, frames(), track, SR, FPS, (WIDTH, HEIGHT), "libx264",
+              {"crf": str(CRF), "preset": PRESET, "g": str(2 * FPS), "threads": "1"}, AUDIO_BITRATE)
     return duration
 
 

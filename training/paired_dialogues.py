@@ -21,6 +21,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from training.features import IGNORE_LABEL, DialogueFeatures
+from training.pairing import labelled_vectors
 
 MODALITIES = ("text", "audio", "video")
 CUES: dict[str, tuple[str, ...]] = {  # cue type -> modalities that carry the emotion
@@ -47,15 +48,7 @@ class Pools:
     """(source, modality, label) -> stack of present, labelled vectors of the kind MAGT reads."""
 
     def __init__(self, dialogues: Sequence[DialogueFeatures], kinds: Mapping[str, str]) -> None:
-        acc: dict[tuple[str, str, int], list[np.ndarray]] = {}
-        for d in dialogues:
-            for m in MODALITIES:
-                arr = d.feats.get(kinds[m])
-                if arr is None:
-                    continue
-                for i in np.flatnonzero(d.present[m] & (d.labels != IGNORE_LABEL)):
-                    acc.setdefault((d.source, m, int(d.labels[i])), []).append(arr[i])
-        self.vectors = {k: np.stack(v) for k, v in acc.items()}
+        self.vectors = labelled_vectors(dialogues, kinds, by_source=True)
 
     def has(self, source: str, modality: str, label: int) -> bool:
         return (source, modality, label) in self.vectors

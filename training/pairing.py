@@ -21,17 +21,31 @@ from training.features import IGNORE_LABEL, DialogueFeatures
 MODALITIES = ("text", "audio", "video")
 
 
-def _pools(dialogues: Sequence[DialogueFeatures], kinds: Mapping[str, str]) -> dict[str, dict[int, np.ndarray]]:
-    """modality -> label -> (N, D) stack of present, labelled vectors of the kind MAGT reads."""
-    pools: dict[str, dict[int, list[np.ndarray]]] = {m: {} for m in MODALITIES}
+def labelled_vectors(dialogues: Sequence[DialogueFeatures], kinds: Mapping[str, str],
+                     by_source: bool = False) -> dict[tuple, np.ndarray]:
+    """(modality, label) -> (N, D) stack of present, labelled vectors of the kind MAGT reads.
+
+    With by_source the key is (source, modality, label): composed conversations
+    draw each cue from the source that carries it.
+    """
+    acc: dict[tuple, list[np.ndarray]] = {}
     for d in dialogues:
         for m in MODALITIES:
             arr = d.feats.get(kinds[m])
             if arr is None:
                 continue
             for i in np.flatnonzero(d.present[m] & (d.labels != IGNORE_LABEL)):
-                pools[m].setdefault(int(d.labels[i]), []).append(arr[i])
-    return {m: {y: np.stack(v) for y, v in by.items()} for m, by in pools.items()}
+                key = (d.source, m, int(d.labels[i])) if by_source else (m, int(d.labels[i]))
+                acc.setdefault(key, []).append(arr[i])
+    return {k: np.stack(v) for k, v in acc.items()}
+
+
+def _pools(dialogues: Sequence[DialogueFeatures], kinds: Mapping[str, str]) -> dict[str, dict[int, np.ndarray]]:
+    """modality -> label -> (N, D) stack of present, labelled vectors of the kind MAGT reads."""
+    pools: dict[str, dict[int, np.ndarray]] = {m: {} for m in MODALITIES}
+    for (m, y), stack in labelled_vectors(dialogues, kinds).items():
+        pools[m][y] = stack
+    return pools
 
 
 PerModality = Union[float, Mapping[str, float]]

@@ -35,23 +35,12 @@ def served_clip(wave: np.ndarray, cfg: Config) -> np.ndarray:
     A clip in which the VAD hears no speech comes back empty: the encoder then
     reports the audio absent, as the service would emit no utterance at all.
     """
+    from faster_whisper.vad import get_vad_model  # loaded once per process (lru_cache)
+
     from magtkd_stream.stream_config import StreamConfig
     from magtkd_stream.vad import served_audio
 
-    return served_audio(wave, StreamConfig.from_dict(cfg.stream).vad, _vad_model())
-
-
-_VAD_MODEL: Any = None
-
-
-def _vad_model() -> Any:
-    """Silero's ONNX session, loaded once per process (it is stateless and thread-safe)."""
-    global _VAD_MODEL
-    if _VAD_MODEL is None:
-        from faster_whisper.vad import get_vad_model
-
-        _VAD_MODEL = get_vad_model()
-    return _VAD_MODEL
+    return served_audio(wave, StreamConfig.from_dict(cfg.stream).vad, get_vad_model())
 
 
 @dataclass(frozen=True)

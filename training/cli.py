@@ -501,9 +501,9 @@ def _prepare_parity(args: argparse.Namespace, cfg: Config) -> Path:
         raise UsageError("parity: give --checkpoint CK, --join DIR, or --events EVENTS --script JSON")
     if args.events is not None:
         _exists(args.events, "parity: --events", "file")
-        _exists(args.script, "parity: --script", "file") if args.script else None
         if args.script is None:
             raise UsageError("parity: --events needs --script (the JSON written by --join)")
+        _exists(args.script, "parity: --script", "file")
     if args.checkpoint is not None:
         _exists(args.checkpoint, "parity: --checkpoint", "file")
     return _prepare_ravdess_audio(args, cfg)

@@ -26,6 +26,7 @@ from actors.sink import PipelineSink
 from magtkd_stream.bus import BusEvent, EventBus
 from magtkd_stream.config import Config
 from magtkd_stream.protocol import make_session_end, make_session_start
+from magtkd_stream.vector_tap import VectorRecorder
 
 PrintFn = Callable[[str], Any]
 
@@ -176,13 +177,15 @@ async def run_file_async(
     session: Optional[str] = None,
     speaker: Optional[str] = "A",
     max_fps: float = 10.0,
+    vectors_out: Optional[Union[str, Path]] = None,
 ) -> dict[str, Any]:
-    """Replay one file through a running pipeline; see run_file."""
+    """Replay one file through a running pipeline; see run_file. vectors_out: write the encoder vectors there."""
     info = probe(path)  # clear errors before anything starts
     session = session or session_name(path)
     bus = EventBus(subscriber_queue=1 << 16, replay_buffer=1 << 16)
     sub = bus.subscribe(session)
-    sink = PipelineSink(pipeline, bus.publish)
+    recorder = VectorRecorder() if vectors_out is not None else None
+    sink = PipelineSink(pipeline, bus.publish, tap=recorder)
     events: list[dict[str, Any]] = []
     if out_jsonl:
         Path(out_jsonl).parent.mkdir(parents=True, exist_ok=True)
@@ -221,6 +224,8 @@ async def run_file_async(
             out.close()
     summary = summarize(events, counts[0], time.time() - started)
     summary.update(file=str(path), session=session, events=str(out_jsonl) if out_jsonl else None)
+    if recorder is not None and vectors_out is not None:
+        summary["vectors"] = str(recorder.save(vectors_out, model=sink.model_id))
     if print_fn is not None:
         print_fn(format_summary(summary))
     return summary
@@ -238,6 +243,7 @@ def run_file(
     session: Optional[str] = None,
     speaker: Optional[str] = "A",
     max_fps: float = 10.0,
+    vectors_out: Optional[Union[str, Path]] = None,
 ) -> dict[str, Any]:
     """Replay `path` (audio or video) through the pipeline; print a line per utterance; return the summary.
 
@@ -250,7 +256,8 @@ def run_file(
     own = pipeline is None
     pipe = pipeline or Pipeline.start(cfg, address)
     try:
-        return asyncio.run(run_file_async(pipe, path, fast, out_jsonl, print_fn, session, speaker, max_fps))
+        return asyncio.run(run_file_async(pipe, path, fast, out_jsonl, print_fn, session, speaker, max_fps,
+                                          vectors_out))
     finally:
         if own:
             pipe.stop()
@@ -278,12 +285,14 @@ def run_files(
     address: Optional[str] = None,
     speaker: Optional[str] = "A",
     max_fps: float = 10.0,
+    vectors_dir: Optional[Union[str, Path]] = None,
 ) -> list[dict[str, Any]]:
     """Replay several files through one pipeline, one session each, in order; a summary per file.
 
     Starting Ray and the actors costs far more than a short file, so a batch of
     files shares one pipeline. With `out_dir`, file k's events go to
-    out_dir/<session k>.jsonl. Every file is probed before anything starts.
+    out_dir/<session k>.jsonl (and with `vectors_dir`, its encoder vectors to
+    vectors_dir/<session k>.npz). Every file is probed before anything starts.
     """
     for p in paths:
         probe(p)
@@ -295,7 +304,8 @@ def run_files(
         out = []
         for p, session in zip(paths, sessions):
             jsonl = Path(out_dir) / f"{session}.jsonl" if out_dir is not None else None
-            out.append(await run_file_async(pipe, p, fast, jsonl, print_fn, session, speaker, max_fps))
+            npz = Path(vectors_dir) / f"{session}.npz" if vectors_dir is not None else None
+            out.append(await run_file_async(pipe, p, fast, jsonl, print_fn, session, speaker, max_fps, npz))
         return out
 
     try:
@@ -309,15 +319,16 @@ def run_file_cli(cfg: Config, args: Any) -> int:
     """`magtkd-stream run FILE [FILE ...]`: exit 0 on success, 2 with a one-line reason on bad input."""
     files = args.file if isinstance(args.file, (list, tuple)) else [args.file]
     out_dir = getattr(args, "out_dir", None)
+    vectors_dir = getattr(args, "vectors_dir", None)
     try:
         if len(files) > 1 and args.out is not None:
             raise ValueError("--out names one JSONL file; with several files use --out-dir DIR")
-        if len(files) == 1 and out_dir is None:
+        if len(files) == 1 and out_dir is None and vectors_dir is None:
             summaries = [run_file(cfg, files[0], fast=args.fast, out_jsonl=args.out, address=args.address,
                                   speaker=args.speaker or "A")]
         else:
             summaries = run_files(cfg, files, fast=args.fast, out_dir=out_dir, address=args.address,
-                                  speaker=args.speaker or "A")
+                                  speaker=args.speaker or "A", vectors_dir=vectors_dir)
     except (FileNotFoundError, ValueError) as exc:
         print(f"magtkd-stream run: {exc}", file=sys.stderr)
         return 2

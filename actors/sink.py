@@ -32,6 +32,8 @@ from magtkd_stream.recognizer_core import SessionCore, UtteranceJob
 log = logging.getLogger(__name__)
 
 PublishFn = Callable[[str, Mapping[str, Any]], Any]
+# (job, backbone vectors by modality, fused output) of every final utterance that fused
+TapFn = Callable[[UtteranceJob, Mapping[str, Optional[np.ndarray]], Mapping[str, Any]], None]
 ALL_CONTEXT_TURNS = 32  # earlier transcripts kept per session when the config asks for all of them
 MAX_CROPS_IN_FLIGHT = 4  # per session; a real-time stream at crop_fps never comes close
 
@@ -70,12 +72,15 @@ class PipelineSink:
 
     Speaker: the client's label when given, else the session id (one speaker
     per publishing connection). `clock` is the wall clock latency is measured with.
+    `tap`, when given, sees the encoder vectors of every final utterance that
+    fused, so training can learn from exactly what the service computes.
     """
 
     def __init__(self, pipeline: Pipeline, publish: Optional[PublishFn] = None, clock: Callable[[], float] = time.time,
-                 vad_threads: int = 2) -> None:
+                 vad_threads: int = 2, tap: Optional[TapFn] = None) -> None:
         self.pipeline = pipeline
         self._publish = publish
+        self._tap = tap
         self.clock = clock
         self.sessions: dict[str, _Session] = {}
         self._vad_pool = ThreadPoolExecutor(max_workers=max(1, vad_threads), thread_name_prefix="vad")
@@ -242,6 +247,11 @@ class PipelineSink:
                     )
                 except Exception as exc:
                     error = f"fusion: {_describe(exc)}"
+            if fused is not None and self._tap is not None:
+                try:
+                    self._tap(job, vectors, fused)
+                except Exception:
+                    log.exception("the vector tap failed on utterance %d of session %s", job.index, job.session)
             self._emit(job.session, self._emotion(job, vectors, fused, stages, error))
         except asyncio.CancelledError:
             for task in side.values():

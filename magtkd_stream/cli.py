@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--fast", action="store_true", help="as fast as possible instead of real-time pace")
     run.add_argument("--out", type=Path, default=None, help="write every event as JSONL here (one file)")
     run.add_argument("--out-dir", type=Path, default=None, help="write each file's events to DIR/<session>.jsonl")
+    run.add_argument("--vectors-dir", type=Path, default=None,
+                     help="also write each file's encoder vectors per utterance to DIR/<session>.npz "
+                          "(what training on served inputs reads)")
     run.add_argument("--speaker", default=None, help="speaker label for the whole file")
     _add_config_args(run)
 

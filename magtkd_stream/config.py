@@ -249,6 +249,8 @@ class Stage2Config(StageConfig):
     modality_dropout: float = 0.0  # per training utterance, each present modality is masked this often (one is kept)
     class_balance: float = 0.0  # fused CE weight per class = (frequency)^-class_balance; 0 = plain CE, 0.5 = sqrt
     calibrate: bool = False  # fit a softmax temperature per modality and for the fused output on dev
+    served_repeat: int = 1  # copies per epoch of each dialogue of source "served" (vectors the service computed)
+    select_source: str = ""  # pick the epoch on this dev source alone when present (e.g. "served"); "" = all of dev
 
     def pairing(self) -> tuple[dict[str, float], dict[str, float]]:
         """(prob, agree) for each modality that may be lent, with the per-modality overrides applied."""
@@ -261,7 +263,9 @@ class Stage2Config(StageConfig):
         _check(len(self.windows) > 0, "train.stage2.windows", "must list at least one window (0 = full context)")
         _check(isinstance(self.asr_style, bool), "train.stage2.asr_style",
                f"must be true or false, got {self.asr_style!r}")
-        for key in ("compose_dialogues", "compose_dev_dialogues"):
+        _check(isinstance(self.select_source, str), "train.stage2.select_source",
+               f"must be a source name or empty, got {self.select_source!r}")
+        for key in ("compose_dialogues", "compose_dev_dialogues", "served_repeat"):
             v = getattr(self, key)
             _check(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f"train.stage2.{key}",
                    f"must be an integer >= 0, got {v!r}")

@@ -25,6 +25,7 @@ from magtkd_stream.labels import label_set  # noqa: E402
 from magtkd_stream.protocol import make_session_start  # noqa: E402
 from magtkd_stream.resources import ASSET_DIR  # noqa: E402
 from magtkd_stream.stream_config import StreamConfig  # noqa: E402
+from magtkd_stream.vector_tap import load_vectors  # noqa: E402
 from speech import speech_bounds, synth_speech  # noqa: E402
 
 SR = 16000
@@ -196,9 +197,17 @@ def test_run_file_replays_wav_and_mp4(tiny: Pipeline, tmp_path: Path) -> None:
     _write_mp4(mp4, audio)
     for media, video in ((wav, False), (mp4, True)):
         lines: list[str] = []
-        out = tmp_path / f"{media.suffix[1:]}.jsonl"
-        summary = run_file(tiny.cfg, media, fast=True, out_jsonl=out, print_fn=lines.append, pipeline=tiny)
+        out, npz = tmp_path / f"{media.suffix[1:]}.jsonl", tmp_path / f"{media.suffix[1:]}.npz"
+        summary = run_file(tiny.cfg, media, fast=True, out_jsonl=out, print_fn=lines.append, pipeline=tiny,
+                           vectors_out=npz)
         events = [json.loads(line) for line in out.read_text().splitlines()]
+        recorded, meta = load_vectors(summary["vectors"])  # what the service computed, utterance by utterance
+        finals = [e for e in events if e["type"] == "emotion"]
+        assert meta["model"] == finals[0]["model"] and recorded.index.tolist() == [e["utterance"] for e in finals]
+        assert recorded.start.tolist() == pytest.approx([e["start"] for e in finals])
+        assert recorded.texts == [e["text"] for e in finals] and recorded.present["text"].all()
+        assert recorded.present["video"].tolist() == [video, video]
+        assert recorded.vectors["text"].shape[0] == 2 and np.abs(recorded.vectors["text"]).sum() > 0
         assert [e["type"] for e in events] == ["session_start", "transcript", "emotion", "transcript", "emotion",
                                                "session_end"]
         assert [e["seq"] for e in events] == list(range(1, 7))

@@ -64,3 +64,24 @@ def test_learnable_signal_is_learned_and_noise_is_not() -> None:
         assert r["test_accuracy"]["mean"] > 0.85
         assert 1 <= r["runs"][0]["epoch"] <= SETTINGS.epochs
         assert noise["label_spaces"][space]["test_accuracy"]["mean"] < 0.4
+
+
+def test_folds_cover_every_actor_once_and_never_train_on_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _clips(signal=True, per_actor=8)
+    seen: list[tuple[set, set]] = []
+    real = ra.train_head
+    actor_of = {tuple(r): int(a) for r, a in zip(data.vectors.numpy().round(5).tolist(), data.actors)}
+
+    def spy(x_fit, y_fit, x_sel, y_sel, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append(({actor_of[tuple(r)] for r in x_fit.numpy().round(5).tolist()},
+                     {actor_of[tuple(r)] for r in x_sel.numpy().round(5).tolist()}))
+        return real(x_fit, y_fit, x_sel, y_sel, *args, **kwargs)
+
+    monkeypatch.setattr(ra, "train_head", spy)
+    cv = ra.evaluate_folds(data, seeds=(0,), settings=SETTINGS)
+    r = cv["label_spaces"]["meld"]
+    tested = [a for f in r["folds"] for a in f["test_actors"]]
+    assert sorted(tested) == list(range(1, 21)) and all(f["clips"] == 32 for f in r["folds"])
+    for (fit, sel), fold in zip(seen[:5], cv["label_spaces"]["ravdess"]["folds"]):  # first label space's heads
+        assert not (fit | sel) & set(fold["test_actors"]) and not fit & sel
+    assert r["accuracy"]["mean"] > 0.8

@@ -289,3 +289,23 @@ def test_resume_continues_from_the_saved_epoch(
     assert [h["epoch"] for h in history] == list(range(EPOCHS))
     assert [h["dev"] for h in history] == [h["dev"] for h in reference]
     assert summary["best_epoch"] == trained[1]["best_epoch"]
+
+
+def test_served_dialogues_repeat_untouched_and_select_on_their_source() -> None:
+    from training.paired_dialogues import ComposeSettings
+
+    train = make_dialogues(6, "train", 3)
+    served = [dataclasses.replace(d, source="served", did=f"served{i}") for i, d in enumerate(make_dialogues(2, "train", 4))]
+    cfg = tiny_config(served_repeat=3, pair_prob=1.0, pair_agree=1.0)
+    kinds = choose_feature_kinds(train, cfg.kd)
+    out = stage2._epoch_train(train + served, kinds, MELD_LABELS, cfg, ComposeSettings(dialogues=0), 0)
+    got = [d for d in out if d.source == "served"]
+    assert len(out) == 6 + 3 * 2 and len(got) == 6
+    for d in got:  # never lent a modality: what the service computed stays as it was (dropout may only mask)
+        orig = next(s for s in served if s.did == d.did)
+        for m in ("text", "audio", "video"):
+            assert not (d.present[m] & ~orig.present[m]).any()
+    dev_m = {"weighted_f1": 0.5, "by_source": {"served": {"weighted_f1": 0.9}, "meld": {"weighted_f1": 0.1}}}
+    assert stage2._selection_value(dev_m, "weighted_f1", "served") == 0.9
+    assert stage2._selection_value(dev_m, "weighted_f1", "") == 0.5
+    assert stage2._selection_value({"weighted_f1": 0.4}, "weighted_f1", "served") == 0.4  # absent: all of dev

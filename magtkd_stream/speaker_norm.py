@@ -1,0 +1,58 @@
+"""Causal per-speaker normalisation of utterance vectors within a session.
+
+Why: a voice head trained on a few actors reads a new speaker's ordinary voice
+as an emotion (a low voice as sadness, a synthetic one as anger). Subtracting
+the speaker's own running mean, measured on that speaker's earlier utterances
+only, removes the voice and keeps how this utterance departs from it. The
+mean starts at the training set's mean (the prior, worth `prior_weight`
+utterances), so the first utterances are left almost as they are, and an
+utterance never changes a vector already produced: the stream stays causal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class SpeakerNormalizer:
+    """v -> v - m_s + mu, m_s = (sum of the speaker's earlier vectors + k * mu) / (n + k)."""
+
+    prior_mean: np.ndarray  # mu: the training vectors' mean
+    prior_weight: float = 4.0  # k: how many utterances the prior counts for
+    _sums: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _counts: dict[str, int] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.prior_mean = np.asarray(self.prior_mean, dtype=np.float32).reshape(-1)
+        if not self.prior_weight > 0:
+            raise ValueError(f"prior_weight must be > 0 (utterances the prior counts for), got {self.prior_weight}")
+
+    def speaker_mean(self, speaker: str) -> np.ndarray:
+        n = self._counts.get(speaker, 0)
+        s = self._sums.get(speaker)
+        k = self.prior_weight
+        return self.prior_mean if s is None else (s + k * self.prior_mean) / (n + k)
+
+    def __call__(self, speaker: str, vector: np.ndarray) -> np.ndarray:
+        """The normalised vector; then the speaker's statistics take this utterance in."""
+        v = np.asarray(vector, dtype=np.float32).reshape(-1)
+        if v.shape != self.prior_mean.shape:
+            raise ValueError(f"vector of width {v.size}, the normaliser's prior has width {self.prior_mean.size}")
+        out = v - self.speaker_mean(speaker) + self.prior_mean
+        self._sums[speaker] = self._sums.get(speaker, np.zeros_like(v)) + v
+        self._counts[speaker] = self._counts.get(speaker, 0) + 1
+        return out.astype(np.float32)
+
+    def forget(self, speaker: str) -> None:
+        self._sums.pop(speaker, None)
+        self._counts.pop(speaker, None)
+
+
+def normalize_sequence(vectors: np.ndarray, speakers: list[str], prior_mean: np.ndarray,
+                       prior_weight: float) -> np.ndarray:
+    """Rows of `vectors` (in stream order) normalised as a session would, speaker by speaker."""
+    norm = SpeakerNormalizer(prior_mean, prior_weight)
+    return np.stack([norm(s, v) for s, v in zip(speakers, vectors)]) if len(vectors) else vectors.copy()

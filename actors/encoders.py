@@ -310,7 +310,7 @@ class FusionWorker:
         from magtkd_stream.fusion import SessionWindow
 
         if session not in self.windows:
-            self.windows[session] = SessionWindow(self.window, self.max_speakers)
+            self.windows[session] = SessionWindow(self.window, self.max_speakers, self.model.session_normalizers())
         return self.windows[session]
 
     def _fuse_batch(
@@ -329,7 +329,11 @@ class FusionWorker:
                 mprobs[i][m] = None
             if not rows:
                 continue
-            x = torch.as_tensor(np.stack([np.asarray(items[i][2][m], dtype=np.float32) for i in rows]))
+            # in item order, so a session's normaliser sees its utterances as they were spoken
+            x = torch.as_tensor(np.stack([
+                self._window(items[i][0]).normalize(items[i][1], m, np.asarray(items[i][2][m], dtype=np.float32),
+                                                    items[i][3])
+                for i in rows]))
             f, logits = self.model.head(m, x)
             probs = logits.softmax(-1).numpy()
             for j, i in enumerate(rows):

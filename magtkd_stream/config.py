@@ -308,6 +308,15 @@ class TrainConfig:
     # Audio cut by the service's VAD before it is encoded (training/stage1_inputs.py: served_clip), so the
     # vectors a head trains on are the ones the service computes. Off for synthetic non-speech audio.
     vad_audio: bool = False
+    # Per-speaker running normalisation of the audio vector (magtkd_stream/speaker_norm.py): the prior
+    # counts for this many utterances; 0 = off. The heads train on normalised vectors and the
+    # checkpoint carries the prior, so the service normalises each session's speakers the same way.
+    speaker_norm: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(isinstance(self.speaker_norm, (int, float)) and not isinstance(self.speaker_norm, bool)
+               and self.speaker_norm >= 0, "train.speaker_norm",
+               f"must be a number >= 0 (0 = off), got {self.speaker_norm!r}")
 
 
 @dataclass

@@ -20,6 +20,7 @@ from magtkd_stream.checkpoint import Checkpoint
 from magtkd_stream.config import Config
 from magtkd_stream.encoders.base import MODALITIES, ModalityHead
 from magtkd_stream.magt import MAGT
+from magtkd_stream.speaker_norm import SpeakerNormalizer
 
 
 @dataclass
@@ -37,13 +38,25 @@ class SessionWindow:
     within a dialogue); past `max_speakers` distinct names, ids wrap around.
     """
 
-    def __init__(self, window: int, max_speakers: int) -> None:
+    def __init__(self, window: int, max_speakers: int,
+                 normalizers: Mapping[str, SpeakerNormalizer] | None = None) -> None:
         if window < 1:
             raise ValueError(f"a streaming window needs at least 1 utterance, got {window}")
         self.window = window
         self.max_speakers = max_speakers
         self.items: deque[WindowItem] = deque(maxlen=window)
         self._speakers: dict[str, int] = {}
+        self.normalizers: dict[str, SpeakerNormalizer] = dict(normalizers or {})
+
+    def normalize(self, speaker: str, modality: str, vector: np.ndarray, commit: bool) -> np.ndarray:
+        """The backbone vector the head reads: normalised by this speaker's earlier utterances, if configured.
+
+        commit=False (an interim) leaves the statistics untouched.
+        """
+        norm = self.normalizers.get(modality)
+        if norm is None:
+            return vector
+        return norm(speaker, vector) if commit else norm.peek(speaker, vector)
 
     def speaker_id(self, name: str) -> int:
         if name not in self._speakers:
@@ -85,6 +98,9 @@ class FusionModel(nn.Module):
         self.magt = MAGT(cfg.magt, cfg.feature_dim, num_classes)
         # Softmax temperatures fitted on dev (training/calibration.py); 1.0 = as trained.
         self.temperature: dict[str, float] = {m: 1.0 for m in (*MODALITIES, "fused")}
+        # Per-speaker running normalisation of backbone vectors before the head, by modality (the
+        # heads were trained on vectors normalised this way); each session gets fresh statistics.
+        self.speaker_norm: dict[str, SpeakerNormalizer] = {}
 
     @classmethod
     def from_checkpoint(cls, ck: Checkpoint) -> "FusionModel":
@@ -100,7 +116,19 @@ class FusionModel(nn.Module):
         for k, t in temps.items():
             if k in model.temperature and isinstance(t, (int, float)) and t > 0:
                 model.temperature[k] = float(t)
+        for m, entry in (ck.extra.get("speaker_norm") or {}).items():
+            if m not in MODALITIES:
+                raise ValueError(f"checkpoint speaker_norm names modality {m!r}; expected one of {MODALITIES}")
+            norm = SpeakerNormalizer.from_dict(entry)
+            if norm.prior_mean.size != int(dims[m]):
+                raise ValueError(f"checkpoint speaker_norm for {m} has width {norm.prior_mean.size}, "
+                                 f"the {m} head reads {dims[m]}")
+            model.speaker_norm[m] = norm
         return model.eval()
+
+    def session_normalizers(self) -> dict[str, SpeakerNormalizer]:
+        """Fresh per-speaker normalisers for a new session (empty when the checkpoint has none)."""
+        return {m: n.fresh() for m, n in self.speaker_norm.items()}
 
     @torch.inference_mode()
     def head(self, modality: str, vectors: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

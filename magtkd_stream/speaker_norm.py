@@ -12,6 +12,7 @@ utterance never changes a vector already produced: the stream stays causal.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -36,15 +37,36 @@ class SpeakerNormalizer:
         k = self.prior_weight
         return self.prior_mean if s is None else (s + k * self.prior_mean) / (n + k)
 
-    def __call__(self, speaker: str, vector: np.ndarray) -> np.ndarray:
-        """The normalised vector; then the speaker's statistics take this utterance in."""
+    def peek(self, speaker: str, vector: np.ndarray) -> np.ndarray:
+        """The normalised vector, leaving the statistics as they are (an utterance still being spoken)."""
         v = np.asarray(vector, dtype=np.float32).reshape(-1)
         if v.shape != self.prior_mean.shape:
             raise ValueError(f"vector of width {v.size}, the normaliser's prior has width {self.prior_mean.size}")
-        out = v - self.speaker_mean(speaker) + self.prior_mean
+        return (v - self.speaker_mean(speaker) + self.prior_mean).astype(np.float32)
+
+    def __call__(self, speaker: str, vector: np.ndarray) -> np.ndarray:
+        """The normalised vector; then the speaker's statistics take this utterance in."""
+        out = self.peek(speaker, vector)
+        v = np.asarray(vector, dtype=np.float32).reshape(-1)
         self._sums[speaker] = self._sums.get(speaker, np.zeros_like(v)) + v
         self._counts[speaker] = self._counts.get(speaker, 0) + 1
-        return out.astype(np.float32)
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """What a checkpoint stores (extra["speaker_norm"][modality]); the statistics are per session, not stored."""
+        return {"prior_weight": float(self.prior_weight), "mean": [float(x) for x in self.prior_mean]}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "SpeakerNormalizer":
+        try:
+            return cls(np.asarray(d["mean"], dtype=np.float32), float(d["prior_weight"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ValueError(f"speaker_norm entry {dict(d) if isinstance(d, Mapping) else d!r:.80}: needs "
+                             f"'mean' (a list of numbers) and 'prior_weight' > 0 ({exc})") from exc
+
+    def fresh(self) -> "SpeakerNormalizer":
+        """The same prior with no speaker seen yet (one per session)."""
+        return SpeakerNormalizer(self.prior_mean.copy(), self.prior_weight)
 
     def forget(self, speaker: str) -> None:
         self._sums.pop(speaker, None)

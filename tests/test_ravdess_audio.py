@@ -85,3 +85,16 @@ def test_folds_cover_every_actor_once_and_never_train_on_it(monkeypatch: pytest.
     for (fit, sel), fold in zip(seen[:5], cv["label_spaces"]["ravdess"]["folds"]):  # first label space's heads
         assert not (fit | sel) & set(fold["test_actors"]) and not fit & sel
     assert r["accuracy"]["mean"] > 0.8
+
+
+def test_actor_normalisation_takes_its_prior_from_the_fit_actors_only() -> None:
+    data = _clips(signal=True, per_actor=4)
+    x = data.vectors.float()
+    fit = np.flatnonzero(data.actors <= 10)
+    out = ra.normalize_actors(x, data.actors, fit, weight=2.0, seed=0)
+    moved = x.clone()
+    moved[data.actors > 10] += 50.0  # scored actors far away: the prior must not move
+    out2 = ra.normalize_actors(moved, data.actors, fit, weight=2.0, seed=0)
+    assert torch.allclose(out[data.actors <= 10], out2[data.actors <= 10])
+    cv = ra.evaluate_folds(data, seeds=(0,), settings=SETTINGS, speaker_norm=2.0)
+    assert cv["speaker_norm"] == 2.0 and cv["label_spaces"]["meld"]["accuracy"]["mean"] > 0.6

@@ -52,7 +52,7 @@ def synth(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def smoke(synth: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("runs") / "smoke"
     rc = main(["all", "--recipe", "configs/train_smoke.yaml", "--synthetic", str(synth), "--synthetic-dialogues",
-               "3", "--synthetic-defects", "--run-dir", str(run)])
+               "3", "--synthetic-defects", "--run-dir", str(run), "--set", "train.speaker_norm=2"])
     assert rc == 0
     return run
 
@@ -78,6 +78,10 @@ def test_smoke_all_writes_the_run_folder(smoke: Path) -> None:
 
     ck = load_checkpoint(smoke / "checkpoints" / "stream.safetensors")
     assert ck.profile == "tiny" and ck.labels == list(MELD_LABELS)
+    # audio heads trained on speaker-normalised vectors: the prior travels to the service
+    assert set(ck.extra["speaker_norm"]) == {"audio"} and ck.extra["speaker_norm"]["audio"]["prior_weight"] == 2
+    assert len(ck.extra["speaker_norm"]["audio"]["mean"]) == ck.extra["encoder_dims"]["audio"]
+    assert set(FusionModel.from_checkpoint(ck).session_normalizers()) == {"audio"}
     assert ck.extra["feature_kinds"] == {"text": "text", "audio": "audio_kd", "video": "video_kd"}
     model = FusionModel.from_checkpoint(ck)  # what the streaming service loads
     assert model.magt.cfg.window == 4

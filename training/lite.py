@@ -217,8 +217,7 @@ def run_lite(
         dirs.append(out)
     if served:
         assert reused is not None
-        dirs += served_features(served, reused, cfg, run, {"text": text.model, "audio": audio.model,
-                                                           "video": video.model})
+        dirs += served_features(served, reused, cfg, run, {"text": text, "audio": audio, "video": video})
     times["extract"] = time.time() - t0
 
     t0 = time.time()
@@ -290,9 +289,13 @@ def reuse_stage1(checkpoint: Path, cfg: Config, run: RunFolder,
         encoder = ck.state_dict(f"{m}.encoder")
         if encoder:
             modules[f"{m}.encoder"] = encoder
+        norm = (ck.extra.get("speaker_norm") or {}).get(m)
+        if bool(norm) != (m == "audio" and cfg.train.speaker_norm > 0):
+            raise ValueError(f"{checkpoint}: its {m} head was trained {'with' if norm else 'without'} per-speaker "
+                             f"normalisation, the recipe's train.speaker_norm is {cfg.train.speaker_norm}")
         out[m] = save_checkpoint(run.best_checkpoint(f"stage1-{m}"), modules, cfg, ck.labels,
                                  extra={"encoder_dims": {m: int(dims[m])}, "stage": 1, "modality": m,
-                                        "reused_from": str(checkpoint)})
+                                        "reused_from": str(checkpoint), **({"speaker_norm": {m: norm}} if norm else {})})
         run.save_metrics(f"stage1-{m}", {"name": m, "modality": m, "reused_from": str(checkpoint),
                                          "checkpoint": str(out[m]), "counts": {}})
         logger.info("stage 1 %s: reusing the model of %s", m, checkpoint)
@@ -314,9 +317,13 @@ def served_features(served: Sequence[Path], checkpoint: Path, cfg: Config, run: 
     from training.features import save_features
     from training.served import composed_folder, served_dialogues
 
+    from training.recipes import stage1_speaker_norm
+    from training.stage1 import Stage1Result
+
     digest = model_id(str(checkpoint), cfg.profile).rsplit("@", 1)[1]
     kinds = {m: m for m in MODALITIES}
-    heads = {m: (lambda x, h=models[m].head: h(x)[0]) for m in MODALITIES}
+    norms = stage1_speaker_norm(Stage1Set(plain={m: r for m, r in models.items() if isinstance(r, Stage1Result)}))
+    heads = {m: (lambda x, h=getattr(models[m], "model", models[m]).head: h(x)[0]) for m in MODALITIES}
     dirs = []
     for k, folder in enumerate(served):
         summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
@@ -332,7 +339,7 @@ def served_features(served: Sequence[Path], checkpoint: Path, cfg: Config, run: 
         if not model.endswith("@" + digest):
             raise ValueError(f"{folder}: its vectors were computed by {model!r}, not by {checkpoint} (@{digest}); "
                              "their text vectors come from that model's text encoder: pass it as --stage1-from")
-        dialogues = served_dialogues(folder, heads, kinds, _labels(cfg), split, composed_folder(folder))
+        dialogues = served_dialogues(folder, heads, kinds, _labels(cfg), split, composed_folder(folder), norms)
         out = run.path / "features" / f"served-{k}"
         save_features(features_path(out, split), dialogues,
                       {"labels": list(_labels(cfg)), "feature_dim": cfg.feature_dim, "source": "served",

@@ -32,7 +32,7 @@ from training.features import DialogueFeatures, features_path, save_features, sp
 from training.recipe_inputs import Limits, dataset_counts, pick, subsample
 from training.runs import RunFolder, seed_everything
 from training.stage1 import Stage1Result, Stage1Settings, train_stage1
-from training.stage1_cache import Encoded, apply_head, cached_backbone
+from training.stage1_cache import Encoded, apply_head, cached_backbone, normalize_by_speaker
 from training.stage1_inputs import InputProblems, has_input, split_refs
 from training.stage1_state import load_stage1_model, trainable_encoder_state
 from training.transcript_style import asr_style_dataset
@@ -128,9 +128,23 @@ def stage1_checkpoints(run: RunFolder) -> dict[str, Path]:
 
 
 # ----------------------------------------------------------------------- extraction
+def stage1_speaker_norm(stage1: Stage1Set) -> dict[str, Any]:
+    """modality -> SpeakerNormalizer of the stage-1 models trained on speaker-normalised vectors."""
+    from magtkd_stream.speaker_norm import SpeakerNormalizer
+
+    out: dict[str, Any] = {}
+    for m, r in stage1.plain.items():
+        if r.checkpoint is not None and Path(r.checkpoint).is_file():
+            entry = (load_checkpoint(r.checkpoint).extra.get("speaker_norm") or {}).get(m)
+            if entry:
+                out[m] = SpeakerNormalizer.from_dict(entry)
+    return out
+
+
+
 def extract_split_cached(
     cfg: Config, dataset: Dataset, split: str, models: Mapping[str, UtteranceModel], cache_dir: Path,
-    batch_size: int,
+    batch_size: int, speaker_norm: Optional[Mapping[str, Any]] = None,
 ) -> tuple[list[DialogueFeatures], dict[str, dict[str, int]]]:
     """One split's features from the stage-1 backbone cache (encoding only what stage 1 did not see).
 
@@ -157,7 +171,10 @@ def extract_split_cached(
                                   f"{m}-{dataset.name}-{split}{suffix}", problems, progress=True)
             idx = torch.tensor(rows, dtype=torch.long)
             vectors[idx], ok[idx] = enc.vectors.float(), enc.ok
-        f, _ = apply_head(model, Encoded(vectors, ok))
+        encoded = Encoded(vectors, ok)
+        if speaker_norm and m in speaker_norm:  # the head was trained on vectors normalised per speaker
+            encoded = normalize_by_speaker(encoded, refs, speaker_norm[m], cfg.seed)
+        f, _ = apply_head(model, encoded)
         feats[kind] = f.numpy().astype(np.float32)
         if not kind.endswith("_kd"):
             present[m] = ok.numpy().astype(bool)
@@ -188,9 +205,13 @@ def extract_set(
     if not plain:
         raise ValueError("feature extraction needs at least one stage-1 model")
     keep = keep or Limits()
+    norms = stage1_speaker_norm(stage1)
     if cache_dir is None:
         from training.extract import extract_features
 
+        if norms:
+            raise ValueError("train.speaker_norm: features of speaker-normalised heads are extracted from the "
+                             "stage-1 cache; give a cache folder")
         return extract_features(cfg, subsample(dataset, keep, cfg.seed), plain, out_dir, kd_models=distilled,
                                 splits=splits)
     models = {**plain, **{f"{m}_kd": x for m, x in distilled.items()}}
@@ -199,7 +220,7 @@ def extract_set(
     batch = Stage1Settings.from_config(cfg).eval_batch_size
     paths = {}
     for split in splits or list(dataset.splits):
-        dialogues, counts = extract_split_cached(cfg, dataset, split, models, Path(cache_dir), batch)
+        dialogues, counts = extract_split_cached(cfg, dataset, split, models, Path(cache_dir), batch, norms)
         dialogues = pick(dialogues, keep.of(dataset.name, split), cfg.seed, f"{dataset.name}/{split}")
         meta = {"labels": list(dataset.labels), "encoder_dims": encoder_dims, "feature_dim": cfg.feature_dim,
                 "profile": cfg.profile, "config": config_to_dict(cfg), "dataset": dataset.name, "split": split,
@@ -241,6 +262,15 @@ def stream_checkpoint(run: RunFolder, encoders: Optional[Mapping[str, Mapping[st
     ck = load_checkpoint(run.best_checkpoint())
     kinds = dict(ck.extra.get("feature_kinds") or {})
     modules: dict[str, Mapping[str, torch.Tensor]] = {"magt": ck.state_dict("magt")}
+    extra = dict(ck.extra)
+    norms = {}
+    for m in MODALITIES:  # heads trained on speaker-normalised vectors: the service must normalise too
+        stage1 = run.best_checkpoint(f"stage1-{kinds.get(m, m)}")
+        entry = (load_checkpoint(stage1).extra.get("speaker_norm") or {}).get(m) if stage1.is_file() else None
+        if entry:
+            norms[m] = entry
+    if norms:
+        extra["speaker_norm"] = norms
     for m in MODALITIES:
         head = ck.state_dict(f"{m}.head")
         if head:
@@ -249,7 +279,7 @@ def stream_checkpoint(run: RunFolder, encoders: Optional[Mapping[str, Mapping[st
         if state:
             modules[f"{m}.encoder"] = state
     path = run.path / "checkpoints" / STREAM_CHECKPOINT
-    return save_checkpoint(path, modules, ck.config, ck.labels, extra=ck.extra)
+    return save_checkpoint(path, modules, ck.config, ck.labels, extra=extra)
 
 
 def export_checkpoint(src: Path, dest: Path) -> Path:

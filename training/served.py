@@ -78,8 +78,13 @@ def served_dialogues(
     labels: Sequence[str],
     split: str,
     composed: Optional[Path] = None,
+    speaker_norm: Optional[Mapping[str, Any]] = None,
 ) -> list[DialogueFeatures]:
-    """One dialogue per conversation of a served run (events/ and vectors/ under `served`)."""
+    """One dialogue per conversation of a served run (events/ and vectors/ under `served`).
+
+    speaker_norm: modality -> SpeakerNormalizer whose heads read normalised vectors;
+    each conversation is one session, normalised speaker by speaker in event order.
+    """
     composed = composed or composed_folder(served)
     index = {name: i for i, name in enumerate(labels)}
     out: list[DialogueFeatures] = []
@@ -104,6 +109,11 @@ def served_dialogues(
         for m in MODALITIES:
             mask = sv.present[m].astype(bool)
             vecs = sv.vectors[m]
+            if speaker_norm and m in speaker_norm and mask.any():
+                session = speaker_norm[m].fresh()
+                vecs = vecs.copy()
+                for i in np.flatnonzero(mask):
+                    vecs[i] = session(sv.speakers[i], vecs[i])
             if mask.any():
                 with torch.inference_mode():
                     f = heads[m](torch.from_numpy(np.ascontiguousarray(vecs[mask], np.float32))).float().numpy()

@@ -34,7 +34,14 @@ from training.data.types import Dataset
 from training.metrics import compute_metrics, save_confusion_png
 from training.runs import RunFolder, resolve_device, seed_everything
 from training.runs import progress as progress_bar
-from training.stage1_cache import TeacherOutputs, cached_backbone, model_device, teacher_outputs
+from training.stage1_cache import (
+    TeacherOutputs,
+    cached_backbone,
+    model_device,
+    normalize_by_speaker,
+    prior_of,
+    teacher_outputs,
+)
 from training.stage1_inputs import (
     InputProblems,
     InputTransform,
@@ -256,6 +263,7 @@ def train_stage1(
 
     model.to(device)
     source: Source
+    speaker_norm: Optional[dict] = None
     if frozen:
         cache_dir = folder.path / "cache" if folder is not None and settings.cache_on_disk else None
         encoded = {}
@@ -264,6 +272,13 @@ def train_stage1(
             enc = cached_backbone(encoder, sub, modality, cfg, settings.eval_batch_size, cache_dir,
                                   f"{modality}-{dataset.name}-{s}", problems[s], settings.num_workers, progress)
             encoded[s] = (rows[s], enc)
+        if modality == "audio" and cfg.train.speaker_norm > 0:  # as the service normalises each speaker
+            norm = prior_of(encoded["train"][1], cfg.train.speaker_norm)
+            speaker_norm = {"audio": norm.to_dict()}
+            encoded = {s: (r, normalize_by_speaker(e, [refs[s][i] for i in r], norm, cfg.seed))
+                       for s, (r, e) in encoded.items()}
+            logger.info("stage 1 %s: audio vectors normalised per speaker (prior weight %g)", name,
+                        cfg.train.speaker_norm)
         source = CachedSource(model, encoded, {s: len(r) for s, r in refs.items()}, device, progress)
         rows = {s: source.ok_rows(s) for s in refs}
     styler: Optional[TranscriptStyler] = None
@@ -405,7 +420,8 @@ def train_stage1(
         checkpoint = save_stage1_checkpoint(folder.best_checkpoint(f"stage1-{name}"), model, cfg, labels_names,
                                             extra={"name": name, "best_epoch": best["epoch"],
                                                    "dev_weighted_f1": best["score"],
-                                                   "teacher": metrics["teacher"]})
+                                                   "teacher": metrics["teacher"],
+                                                   **({"speaker_norm": speaker_norm} if speaker_norm else {})})
         metrics["checkpoint"] = str(checkpoint)
         folder.save_metrics(f"stage1-{name}", metrics)
     return Stage1Result(model=model, metrics=metrics, checkpoint=checkpoint, counts=metrics["counts"])

@@ -17,7 +17,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 import numpy as np
 import torch
@@ -26,6 +26,9 @@ from tqdm.auto import tqdm
 from magtkd_stream.config import Config
 from magtkd_stream.encoders.base import Encoder, UtteranceModel
 from training.stage1_inputs import InputProblems, UttRef, has_input, iter_batches, prompt_length, to_device
+
+if TYPE_CHECKING:
+    from magtkd_stream.speaker_norm import SpeakerNormalizer
 
 logger = logging.getLogger(__name__)
 
@@ -202,3 +205,37 @@ def teacher_outputs(
         logger.info("teacher %s: no KD signal for %s of %d training utterances",
                     teacher.modality, counts, len(refs))
     return TeacherOutputs(feats=feats, logits=logits, ok=enc.ok)
+
+
+def speaker_order(refs: Sequence[UttRef], seed: int) -> list[int]:
+    """The order a session would meet these utterances: dialogues shuffled (seeded), each in its own order."""
+    dialogues: dict[int, int] = {}
+    for r in refs:
+        dialogues.setdefault(id(r.dialogue), len(dialogues))
+    perm = np.random.default_rng(seed).permutation(len(dialogues))
+    return sorted(range(len(refs)), key=lambda i: (int(perm[dialogues[id(refs[i].dialogue)]]), refs[i].pos))
+
+
+def normalize_by_speaker(enc: Encoded, refs: Sequence[UttRef], norm: "SpeakerNormalizer", seed: int) -> Encoded:
+    """Backbone vectors normalised per speaker as the service does (magtkd_stream/speaker_norm.py).
+
+    Each speaker's utterances are taken in speaker_order, causally: an utterance
+    is normalised by that speaker's earlier ones only. Rows without the modality
+    stay zero and do not enter the statistics.
+    """
+    session = norm.fresh()
+    out = enc.vectors.clone().float()
+    for i in speaker_order(refs, seed):
+        if bool(enc.ok[i]):
+            out[i] = torch.from_numpy(session(str(refs[i].utt.speaker), enc.vectors[i].float().numpy()))
+    return Encoded(out, enc.ok)
+
+
+def prior_of(enc: Encoded, weight: float) -> "SpeakerNormalizer":
+    """The normaliser whose prior is the mean of the rows that have the modality (the train split's)."""
+    from magtkd_stream.speaker_norm import SpeakerNormalizer
+
+    rows = enc.vectors[enc.ok.bool()].float()
+    if rows.shape[0] == 0:
+        raise ValueError("speaker normalisation needs train vectors to take the prior mean from; there are none")
+    return SpeakerNormalizer(rows.mean(0).numpy(), weight)

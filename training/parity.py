@@ -41,6 +41,7 @@ class ParityClip:
     name: str
     label: int
     vectors: dict[str, Optional[np.ndarray]]
+    speaker: str = "A"  # the session speaker it is heard as (per-speaker normalisation)
 
 
 def stream_vectors(asr: WhisperASR, clips: Sequence[np.ndarray], vad_cfg: Any, vad_model: Any,
@@ -84,11 +85,16 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 def parity_report(clips: Sequence[ParityClip], model: FusionModel, labels: Sequence[str]) -> dict[str, Any]:
     """Per path: clips with a vector, cosine to the streamed vector, and the audio head's scores."""
     report: dict[str, Any] = {}
+    norm = model.speaker_norm.get("audio")
     for path in ("whole_clip", "vad_segment", "stream"):
         have = [c for c in clips if c.vectors.get(path) is not None]
         entry: dict[str, Any] = {"clips": len(have)}
         if have:
-            x = torch.from_numpy(np.stack([c.vectors[path] for c in have]).astype(np.float32))
+            rows = [c.vectors[path] for c in have]
+            if norm is not None:  # as the service does: each speaker's clips in stream order
+                session = norm.fresh()
+                rows = [session(c.speaker, v) for c, v in zip(have, rows)]
+            x = torch.from_numpy(np.stack(rows).astype(np.float32))
             _, logits = model.head("audio", x)
             pred = logits.argmax(-1).numpy()
             m = compute_metrics(np.array([c.label for c in have]), pred, list(labels))
@@ -159,7 +165,7 @@ def run_emodb(emodb_root: Path, cfg: Config, checkpoint: Path, seed: int = 0) ->
         mine = [c for c in items if c.speaker == speaker]
         mine = [mine[i] for i in rng.permutation(len(mine))]
         waves = [load_audio(MediaSpan(str(c.path)), sr=SAMPLE_RATE) for c in mine]
-        clips += [ParityClip(c.path.stem, labels.index(c.label), v)
+        clips += [ParityClip(c.path.stem, labels.index(c.label), v, speaker)
                   for c, v in zip(mine, encode_three_ways(cfg, waves, asr))]
     report = parity_report(clips, model, labels)
     by_name = {c.path.stem: c.letter for c in items}

@@ -12,7 +12,7 @@ utterance never changes a vector already produced: the stream stays causal.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -68,13 +68,10 @@ class SpeakerNormalizer:
         """The same prior with no speaker seen yet (one per session)."""
         return SpeakerNormalizer(self.prior_mean.copy(), self.prior_weight)
 
-    def forget(self, speaker: str) -> None:
-        self._sums.pop(speaker, None)
-        self._counts.pop(speaker, None)
 
 
-def normalize_sequence(vectors: np.ndarray, speakers: list[str], prior_mean: np.ndarray,
-                       prior_weight: float) -> np.ndarray:
-    """Rows of `vectors` (in stream order) normalised as a session would, speaker by speaker."""
-    norm = SpeakerNormalizer(prior_mean, prior_weight)
-    return np.stack([norm(s, v) for s, v in zip(speakers, vectors)]) if len(vectors) else vectors.copy()
+def normalize_sequence(prior: SpeakerNormalizer, vectors: np.ndarray, speakers: Sequence[str]) -> np.ndarray:
+    """Rows of `vectors` (in stream order) normalised as a new session with `prior` would, speaker by speaker."""
+    session = prior.fresh()
+    rows = [session(str(s), v) for s, v in zip(speakers, vectors)]
+    return np.stack(rows) if rows else np.asarray(vectors, np.float32).copy()

@@ -45,19 +45,24 @@ def test_blank_frame_has_no_face_and_a_gray_frame_is_refused() -> None:
         det.detect(np.zeros((48, 48), np.uint8))
 
 
-@needs_blazeface
-def test_faces_in_photographs_are_found_and_framed_like_haar() -> None:
+def muxspace_photos(n: int) -> list[np.ndarray]:
+    """The first n photographs of faces_muxspace (BGR), or a skip where the data is absent."""
     cv2 = pytest.importorskip("cv2")
     folder = data_dir() / "faces_muxspace"
     if not (folder / "labels.csv").is_file():
         pytest.skip(f"faces_muxspace not found at {folder}")
     with open(folder / "labels.csv", encoding="utf-8", newline="") as fh:
-        rows = list(csv.DictReader(fh))[:40]
+        rows = list(csv.DictReader(fh))[:n]
+    return [cv2.imread(str(folder / "images" / r["image"])) for r in rows]
+
+
+@needs_blazeface
+def test_faces_in_photographs_are_found_and_framed_like_haar() -> None:
+    photos = muxspace_photos(40)
     det, haar = blazeface.BlazeFaceDetector(), HaarFaceDetector()
     found = ratios = 0
     widths = []
-    for r in rows:
-        img = cv2.imread(str(folder / "images" / r["image"]))
+    for img in photos:
         b = det.detect(img)
         found += bool(b)
         h = haar.detect(img)
@@ -68,19 +73,14 @@ def test_faces_in_photographs_are_found_and_framed_like_haar() -> None:
             x, y, w, hh = b[0]
             assert 0 <= x and 0 <= y and x + w <= img.shape[1] and y + hh <= img.shape[0]
             assert w >= 0.2 * max(img.shape[:2])
-    assert found >= 0.95 * len(rows)
+    assert found >= 0.95 * len(photos)
     assert ratios >= 10 and 0.85 < float(np.median(widths)) < 1.15  # Haar's framing, so crops look as trained
 
 
 @needs_blazeface
 def test_encoder_crops_a_photo_with_blazeface() -> None:
     cv2 = pytest.importorskip("cv2")
-    folder = data_dir() / "faces_muxspace"
-    if not (folder / "labels.csv").is_file():
-        pytest.skip(f"faces_muxspace not found at {folder}")
-    with open(folder / "labels.csv", encoding="utf-8", newline="") as fh:
-        first = next(csv.DictReader(fh))
-    img = cv2.imread(str(folder / "images" / first["image"]))
+    (img,) = muxspace_photos(1)
     canvas = np.zeros((480, 640, 3), np.uint8)  # a small face on a large frame, as a webcam shows it
     small = cv2.resize(img, (img.shape[1] // 2, img.shape[0] // 2))
     canvas[100:100 + small.shape[0], 300:300 + small.shape[1]] = small

@@ -29,13 +29,14 @@ def test_the_normaliser_is_causal() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(12, 3)).astype(np.float32)
     speakers = ["a", "b", "a", "a", "b", "c", "a", "b", "c", "a", "a", "b"]
-    full = normalize_sequence(x, speakers, MU, 2.0)
+    prior = SpeakerNormalizer(MU, 2.0)
+    full = normalize_sequence(prior, x, speakers)
     for n in range(1, len(x)):
-        prefix = normalize_sequence(x[:n], speakers[:n], MU, 2.0)
+        prefix = normalize_sequence(prior, x[:n], speakers[:n])
         assert np.allclose(prefix, full[:n])  # a later utterance never changes an earlier vector
     changed = x.copy()
     changed[-1] += 100.0
-    assert np.allclose(normalize_sequence(changed, speakers, MU, 2.0)[:-1], full[:-1])
+    assert np.allclose(normalize_sequence(prior, changed, speakers)[:-1], full[:-1])
 
 
 def test_peek_leaves_statistics_alone_and_bad_input_is_named() -> None:

@@ -47,10 +47,12 @@ from training.recipes import (
     extract_set,
     problems_of,
     stage1_model,
+    stage1_speaker_norm,
     stream_checkpoint,
     write_report,
 )
 from training.runs import RunFolder
+from training.stage1 import Stage1Result
 
 logger = logging.getLogger(__name__)
 
@@ -282,9 +284,9 @@ def reuse_stage1(checkpoint: Path, cfg: Config, run: RunFolder,
         if m not in dims:
             raise ValueError(f"{checkpoint} holds no {m} model (encoder_dims {dims})")
         mine, theirs = getattr(cfg.encoders, m), getattr(ck.config.encoders, m)
-        if config_to_dict_section(mine) != config_to_dict_section(theirs):
-            raise ValueError(f"{checkpoint}: its {m} encoder settings ({config_to_dict_section(theirs)}) are not the "
-                             f"recipe's ({config_to_dict_section(mine)})")
+        if _vector_settings(mine) != _vector_settings(theirs):
+            raise ValueError(f"{checkpoint}: its {m} encoder settings ({_vector_settings(theirs)}) are not the "
+                             f"recipe's ({_vector_settings(mine)})")
         modules = {f"{m}.head": ck.state_dict(f"{m}.head")}
         encoder = ck.state_dict(f"{m}.encoder")
         if encoder:
@@ -302,7 +304,7 @@ def reuse_stage1(checkpoint: Path, cfg: Config, run: RunFolder,
     return out
 
 
-def config_to_dict_section(section: Any) -> dict[str, Any]:
+def _vector_settings(section: Any) -> dict[str, Any]:
     """An encoder section as a dict without the keys that do not change the vectors it computes."""
     d = dataclasses.asdict(section)
     for key in ("device", "batch_size", "threads", "replicas", "detector", "detect_side"):  # detection: served crops only
@@ -311,19 +313,17 @@ def config_to_dict_section(section: Any) -> dict[str, Any]:
 
 
 def served_features(served: Sequence[Path], checkpoint: Path, cfg: Config, run: RunFolder,
-                    models: Mapping[str, Any]) -> list[Path]:
+                    models: Mapping[str, Stage1Result]) -> list[Path]:
     """Features folders (one per served run) of stage-2 dialogues made of what the service computed."""
     from actors.encoders import model_id
+    from magtkd_stream.vector_tap import load_vectors
     from training.features import save_features
-    from training.served import composed_folder, served_dialogues
-
-    from training.recipes import stage1_speaker_norm
-    from training.stage1 import Stage1Result
+    from training.served import served_dialogues
 
     digest = model_id(str(checkpoint), cfg.profile).rsplit("@", 1)[1]
     kinds = {m: m for m in MODALITIES}
-    norms = stage1_speaker_norm(Stage1Set(plain={m: r for m, r in models.items() if isinstance(r, Stage1Result)}))
-    heads = {m: (lambda x, h=getattr(models[m], "model", models[m]).head: h(x)[0]) for m in MODALITIES}
+    norms = stage1_speaker_norm(Stage1Set(plain=dict(models)))
+    heads = {m: (lambda x, h=models[m].model.head: h(x)[0]) for m in MODALITIES}
     dirs = []
     for k, folder in enumerate(served):
         summary = json.loads((folder / "summary.json").read_text(encoding="utf-8"))
@@ -333,13 +333,11 @@ def served_features(served: Sequence[Path], checkpoint: Path, cfg: Config, run: 
         vec_files = sorted((folder / "vectors").glob("*.npz"))
         if not vec_files:
             raise FileNotFoundError(f"{folder}/vectors: no vectors; run `magtkd-train score-dev --vectors`")
-        from magtkd_stream.vector_tap import load_vectors
-
         model = load_vectors(vec_files[0])[1].get("model") or ""
         if not model.endswith("@" + digest):
             raise ValueError(f"{folder}: its vectors were computed by {model!r}, not by {checkpoint} (@{digest}); "
-                             "their text vectors come from that model's text encoder: pass it as --stage1-from")
-        dialogues = served_dialogues(folder, heads, kinds, _labels(cfg), split, composed_folder(folder), norms)
+                             "their text vectors come from that model's text encoder: pass it as --text-from or --stage1-from")
+        dialogues = served_dialogues(folder, heads, kinds, _labels(cfg), split, speaker_norm=norms)
         out = run.path / "features" / f"served-{k}"
         save_features(features_path(out, split), dialogues,
                       {"labels": list(_labels(cfg)), "feature_dim": cfg.feature_dim, "source": "served",

@@ -24,6 +24,7 @@ import torch
 from magtkd_stream.asr import WhisperASR, is_audible, truncate
 from magtkd_stream.config import Config
 from magtkd_stream.fusion import FusionModel
+from magtkd_stream.speaker_norm import normalize_sequence
 from magtkd_stream.checkpoint import load_checkpoint
 from magtkd_stream.stream_config import StreamConfig
 from magtkd_stream.vad import SAMPLE_RATE, VADSegmenter, served_audio
@@ -92,8 +93,7 @@ def parity_report(clips: Sequence[ParityClip], model: FusionModel, labels: Seque
         if have:
             rows = [c.vectors[path] for c in have]
             if norm is not None:  # as the service does: each speaker's clips in stream order
-                session = norm.fresh()
-                rows = [session(c.speaker, v) for c, v in zip(have, rows)]
+                rows = list(normalize_sequence(norm, np.stack(rows), [c.speaker for c in have]))
             x = torch.from_numpy(np.stack(rows).astype(np.float32))
             _, logits = model.head("audio", x)
             pred = logits.argmax(-1).numpy()

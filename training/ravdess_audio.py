@@ -168,16 +168,15 @@ def normalize_actors(x: torch.Tensor, actors: np.ndarray, prior_rows: np.ndarray
     The prior mean comes from `prior_rows` only (the actors a head fits on), so
     no statistic of a scored actor reaches the prior.
     """
-    from magtkd_stream.speaker_norm import SpeakerNormalizer
+    from magtkd_stream.speaker_norm import SpeakerNormalizer, normalize_sequence
 
     prior = SpeakerNormalizer(x[prior_rows].mean(0).numpy(), weight)
     out = x.clone()
     rng = np.random.default_rng(seed)
     for a in np.unique(actors):
         rows = np.flatnonzero(actors == a)
-        session = prior.fresh()
-        for i in rows[rng.permutation(rows.size)]:
-            out[i] = torch.from_numpy(session(str(a), x[i].numpy()))
+        rows = rows[rng.permutation(rows.size)]
+        out[rows] = torch.from_numpy(normalize_sequence(prior, x[rows].numpy(), [str(a)] * rows.size))
     return out
 
 

@@ -24,9 +24,10 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from magtkd_stream.speaker_norm import normalize_sequence
 from magtkd_stream.vector_tap import load_vectors
 from training.features import IGNORE_LABEL, MODALITIES, DialogueFeatures
-from training.score_dev import MIN_OVERLAP_S, conversations, overlap, read_events
+from training.score_dev import MIN_OVERLAP_S, conversations, overlap
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +35,13 @@ HeadFn = Callable[[torch.Tensor], torch.Tensor]  # backbone vectors (N, dim) -> 
 
 
 def composed_folder(served: Path) -> Path:
-    """The composed folder a served run was made from (its run.json, or summary.json of score-dev)."""
-    for name in ("run.json", "summary.json"):
-        f = served / name
-        if f.is_file():
-            found = json.loads(f.read_text(encoding="utf-8")).get("dev") or json.loads(
-                f.read_text(encoding="utf-8")).get("composed")
-            if found:
-                return Path(found)
-    raise FileNotFoundError(f"{served}: no run.json or summary.json naming the composed folder it was run on")
+    """The composed folder a served run was made from, as score-dev's summary.json names it."""
+    f = served / "summary.json"
+    found = json.loads(f.read_text(encoding="utf-8")).get("dev") if f.is_file() else None
+    if not found:
+        raise FileNotFoundError(f"{served}: no summary.json naming the composed folder it was run on "
+                                "(write it with `magtkd-train score-dev --vectors`)")
+    return Path(found)
 
 
 def event_labels(utterances: Sequence[Mapping[str, Any]], starts: np.ndarray, ends: np.ndarray,
@@ -80,7 +79,7 @@ def served_dialogues(
     composed: Optional[Path] = None,
     speaker_norm: Optional[Mapping[str, Any]] = None,
 ) -> list[DialogueFeatures]:
-    """One dialogue per conversation of a served run (events/ and vectors/ under `served`).
+    """One dialogue per conversation of a served run (its vectors/ and summary.json).
 
     speaker_norm: modality -> SpeakerNormalizer whose heads read normalised vectors;
     each conversation is one session, normalised speaker by speaker in event order.
@@ -90,7 +89,7 @@ def served_dialogues(
     out: list[DialogueFeatures] = []
     skipped = 0
     for conv in conversations(composed):
-        vec_file, ev_file = served / "vectors" / f"{conv['id']}.npz", served / "events" / f"{conv['id']}.jsonl"
+        vec_file = served / "vectors" / f"{conv['id']}.npz"
         if not vec_file.is_file():
             skipped += 1
             log.warning("%s: no vectors for conversation %s; skipped", served, conv["id"])
@@ -99,8 +98,6 @@ def served_dialogues(
         if len(sv) == 0:
             skipped += 1
             continue
-        if not read_events(ev_file):
-            log.info("%s: no events file for %s; matching by the vectors' own times", served, conv["id"])
         which, cues = event_labels(conv["utterances"], sv.start, sv.end)
         ys = np.array([index[conv["utterances"][k]["emotion"]] if k >= 0 else IGNORE_LABEL for k in which], np.int64)
         names = {s: i for i, s in enumerate(dict.fromkeys(sv.speakers))}
@@ -110,10 +107,9 @@ def served_dialogues(
             mask = sv.present[m].astype(bool)
             vecs = sv.vectors[m]
             if speaker_norm and m in speaker_norm and mask.any():
-                session = speaker_norm[m].fresh()
                 vecs = vecs.copy()
-                for i in np.flatnonzero(mask):
-                    vecs[i] = session(sv.speakers[i], vecs[i])
+                vecs[mask] = normalize_sequence(speaker_norm[m], vecs[mask],
+                                                [sv.speakers[i] for i in np.flatnonzero(mask)])
             if mask.any():
                 with torch.inference_mode():
                     f = heads[m](torch.from_numpy(np.ascontiguousarray(vecs[mask], np.float32))).float().numpy()

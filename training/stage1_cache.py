@@ -223,11 +223,13 @@ def normalize_by_speaker(enc: Encoded, refs: Sequence[UttRef], norm: "SpeakerNor
     is normalised by that speaker's earlier ones only. Rows without the modality
     stay zero and do not enter the statistics.
     """
-    session = norm.fresh()
+    from magtkd_stream.speaker_norm import normalize_sequence
+
+    order = [i for i in speaker_order(refs, seed) if bool(enc.ok[i])]
     out = enc.vectors.clone().float()
-    for i in speaker_order(refs, seed):
-        if bool(enc.ok[i]):
-            out[i] = torch.from_numpy(session(str(refs[i].utt.speaker), enc.vectors[i].float().numpy()))
+    if order:
+        out[order] = torch.from_numpy(normalize_sequence(norm, out[order].numpy(),
+                                                         [refs[i].utt.speaker for i in order]))
     return Encoded(out, enc.ok)
 
 

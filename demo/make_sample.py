@@ -3,32 +3,34 @@
 The sample is a short conversation between two speakers with visible, frontal
 faces and clearly emotional lines, so that `magtkd-stream run` and the demo
 clients have something meaningful to show on a machine without a camera or
-microphone. Everything in it may be redistributed: the lines are written for
-this project and spoken by espeak-ng (with the emotion-dependent prosody of the
-synthetic training set), and both faces come from the public-domain NASA
-portrait of Eileen Collins that scikit-image ships as skimage/data/astronaut.png.
-Speaker B is that portrait mirrored, framed closer and tinted cooler. Each line's
-face shows that line's emotion, drawn on the portrait by demo/expressions.py.
+microphone. The lines are written for this project and spoken by espeak-ng
+(with the emotion-dependent prosody of the synthetic training set). Each
+speaker is a different real person photographed with the line's expression:
+photographs of two *dev* identities of faces_muxspace (Apache-2.0; no model
+was trained on them), chosen by the dataset's own expression label. The
+fictional speakers "Ana" and "Ben" are not those people, who never said these
+lines.
 
-The portrait is read out of a pinned scikit-image wheel fetched with
-`pip download` into a temporary folder (or given with --portrait) and checked
-against its SHA-256, so the sample can be rebuilt exactly from the repository.
+The photographs are read from the data folder (--faces, default
+$MAGTKD_DATA/faces_muxspace or ../shared/data/faces_muxspace) and checked
+against the SHA-256 and label pinned below, so the sample is rebuilt exactly.
 After writing, the script checks its own output: duration, audible speech in
-every utterance, and a face found by OpenCV's Haar cascade in the middle of
-every utterance, and it prints what the lite profile's face CNN reads in each.
+every utterance, and a face found by the service's own detector (BlazeFace)
+in the middle of every utterance, and it prints what the lite profile's face CNN reads in each
+(printed, never used to choose a photograph).
 
-Usage: python demo/make_sample.py [--out demo/samples] [--portrait astronaut.png] [--check-only]
+Usage: python demo/make_sample.py [--out demo/samples] [--faces DIR] [--check-only]
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import hashlib
 import json
-import subprocess
+import os
 import sys
 import tempfile
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Optional, Sequence
@@ -39,7 +41,6 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make `demo` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from demo.expressions import EXPRESSIONS, express  # noqa: E402
 from training.data.media import load_audio, load_frames, probe, mux_mp4
 from training.data.synthetic import AUDIO_RATE, Voice, _speak, _video_codec
 from training.data.types import MediaSpan
@@ -48,10 +49,7 @@ HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "samples"
 MEDIA_NAME = "conversation.mp4"
 SCRIPT_NAME = "conversation.json"
-
-SKIMAGE_VERSION = "0.25.2"
-ASTRONAUT_MEMBER = "skimage/data/astronaut.png"
-ASTRONAUT_SHA256 = "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5"
+FACES_DATASET = "faces_muxspace"
 
 WIDTH, HEIGHT, FPS = 640, 480, 12
 CRF = 30
@@ -62,32 +60,52 @@ PEAK = 0.7  # of full scale: leaves headroom for AAC overshoot, so decoded audio
 MAX_BYTES = 2_000_000
 MAX_WER = 0.15  # mean word error rate of the lite ASR over the lines: the words must come through
 CAPTION_TOP = HEIGHT - 78  # faces must stay above the caption band
+# muxspace writes "happiness"; the sample's lines use MELD's labels
+MUXSPACE_TO_MELD = {"happiness": "joy"}
+
+
+@dataclass(frozen=True)
+class Photo:
+    """One pinned photograph of faces_muxspace/images: its file, SHA-256 and the dataset's label."""
+
+    image: str
+    sha256: str
+    label: str  # as labels.csv gives it
 
 
 @dataclass(frozen=True)
 class Side:
-    """One speaker: voice, and how the shared portrait is shown for them."""
+    """One speaker: voice, whose photographs, and how they are framed."""
 
     voice: Voice
-    crop: tuple[int, int, int, int]  # x, y, w, h in the (possibly mirrored) 512x512 portrait; w:h = 4:3
-    mirror: bool
-    tint: tuple[float, float, float]  # BGR gains
+    identity: str  # faces_muxspace identity (a dev identity: see training/compose.py identity_split)
+    photos: dict[str, Photo]  # MELD emotion -> photograph showing it
+    height: int  # the photograph is scaled to this many pixels high
+    backdrop: tuple[int, int, int]  # BGR
     framing: str
 
 
 SPEAKERS: tuple[Side, ...] = (
-    Side(Voice("Ana", "en-us+f3", 60, 160, (60, 170, 255)), (44, 0, 360, 270), False, (1.0, 1.0, 1.0),
-         "the portrait as published, head and shoulders"),
-    Side(Voice("Bea", "en-gb+f3", 50, 150, (255, 200, 80)), (168, 20, 240, 180), True, (1.18, 1.02, 0.84),
-         "the portrait mirrored left-right, framed closer on the face and tinted cooler"),
+    Side(Voice("Ana", "en-us+f3", 60, 160, (60, 170, 255)), "KatrinaKaif", {
+        "joy": Photo("KatrinaKaif_19.jpg", "bca26de73228fd93990cbfc0eae95a7b2e044e1a400fc4f8a12afc4b50554975", "happiness"),
+        "sadness": Photo("KatrinaKaif_89.jpg", "c5d0d09b9fbc7c0b18f9e74248a5f083c705174333a38b0206d500fdeb6bb699", "sadness"),
+        "fear": Photo("KatrinaKaif_65.jpg", "bf747c680b00f84be4aa7a3058b8d8f617bbc974aebd3f70288e657893f47953", "fear"),
+        "disgust": Photo("KatrinaKaif_62.jpg", "9b88d4a48f08cae297f8d8872fc28cf62886259899cf638fd066223425aea875", "disgust"),
+    }, 340, (70, 52, 40), "the photograph scaled to 340 px high, centred on a dark blue backdrop"),
+    Side(Voice("Ben", "en-gb", 45, 150, (255, 200, 80)), "Gerhard_Schroeder", {
+        "surprise": Photo("Gerhard_Schroeder_0103.jpg", "a8c69edf67875464b15eef1b40048dc3dd49bc2e4d1ae4c9a7f6ed6b17c1f866", "surprise"),
+        "neutral": Photo("Gerhard_Schroeder_0012.jpg", "48c97d7a274ab9c27bcbd93d3558dacfb84462f4810f9a482767e130b0c03755", "neutral"),
+        "anger": Photo("Gerhard_Schroeder_0085.jpg", "88b23f457c7e6cc42db479df305f6192a9306c492b7ac8db93528ccc578a1f13", "anger"),
+        "joy": Photo("Gerhard_Schroeder_0005.jpg", "564a10a9029f8c3c6068d8977d2f66e40ade7c492492a6d2168002f4044682d4", "happiness"),
+    }, 250, (40, 58, 48), "the photograph scaled to 250 px high, centred on a dark green backdrop"),
 )
 
-# (speaker index, MELD emotion label, line): the words alone carry the emotion.
+# (speaker index, MELD emotion label, line): the words alone carry the emotion, and so does the photograph.
 LINES: tuple[tuple[int, str, str], ...] = (
     (0, "joy", "Guess what? I got the job! I am so happy, this is the best day of my life!"),
     (1, "surprise", "Wait, what? You got it? No way, I can't believe it!"),
-    (0, "neutral", "The contract starts on Monday. The office is on the fourth floor."),
-    (1, "sadness", "That means you are moving away. I will miss you so much, it breaks my heart."),
+    (0, "sadness", "But it means I am moving away. I will miss you so much, it breaks my heart."),
+    (1, "neutral", "The train takes two hours. The station is close to the office."),
     (0, "fear", "Honestly, I am terrified. What if I fail and they fire me after a week?"),
     (1, "anger", "Stop it! I am furious that you always put yourself down like this!"),
     (0, "disgust", "Ugh, you are right. That awful voice in my head is disgusting."),
@@ -98,50 +116,45 @@ LINES: tuple[tuple[int, str, str], ...] = (
 # ------------------------------------------------------------------ sources
 
 
-def fetch_portrait(workdir: Path) -> bytes:
-    """PNG bytes of skimage/data/astronaut.png from the pinned scikit-image wheel (pip download)."""
-    cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:",
-           "--platform", "manylinux2014_x86_64", "--python-version", "3.11", "--implementation", "cp",
-           "--abi", "cp311", f"scikit-image=={SKIMAGE_VERSION}", "-d", str(workdir)]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    wheels = sorted(workdir.glob("scikit_image-*.whl"))
-    if proc.returncode != 0 or not wheels:
-        raise RuntimeError(
-            f"could not download scikit-image=={SKIMAGE_VERSION} to read {ASTRONAUT_MEMBER} "
-            f"({proc.stderr.strip() or 'no wheel saved'}); pass --portrait PATH to a copy of astronaut.png instead"
-        )
-    with zipfile.ZipFile(wheels[0]) as whl:
-        return whl.read(ASTRONAUT_MEMBER)
+def default_faces_dir() -> Path:
+    """$MAGTKD_DATA/faces_muxspace, else the shared data folder beside the repository."""
+    root = os.environ.get("MAGTKD_DATA")
+    base = Path(root) if root else HERE.parents[1] / "shared" / "data"
+    return base / FACES_DATASET
 
 
-def load_portrait(path: Optional[Path]) -> np.ndarray:
-    """The 512x512 BGR astronaut portrait, from `path` or the pinned wheel, checked by SHA-256."""
-    if path is not None:
-        if not path.is_file():
-            raise FileNotFoundError(f"--portrait {path}: no such file; give the path of skimage's astronaut.png")
-        data = path.read_bytes()
-    else:
-        with tempfile.TemporaryDirectory(prefix="magtkd_portrait_") as tmp:
-            data = fetch_portrait(Path(tmp))
+def load_photo(faces_dir: Path, photo: Photo) -> np.ndarray:
+    """The BGR photograph, checked against its pinned SHA-256 and its label in labels.csv."""
+    path = faces_dir / "images" / photo.image
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file; give --faces the faces_muxspace folder (images/, labels.csv)")
+    data = path.read_bytes()
     digest = hashlib.sha256(data).hexdigest()
-    if digest != ASTRONAUT_SHA256:
-        raise ValueError(
-            f"portrait SHA-256 is {digest}, expected {ASTRONAUT_SHA256} (astronaut.png of scikit-image "
-            f"{SKIMAGE_VERSION}); the sample is only made from that public-domain image"
-        )
+    if digest != photo.sha256:
+        raise ValueError(f"{photo.image}: SHA-256 is {digest}, expected {photo.sha256}; "
+                         "the sample is only made from the pinned photographs")
+    labels = faces_dir / "labels.csv"
+    with labels.open(newline="", encoding="utf-8") as fh:
+        given = {row["image"]: row["emotion"].strip().lower() for row in csv.DictReader(fh)}
+    if given.get(photo.image) != photo.label:
+        raise ValueError(f"{photo.image}: labels.csv says {given.get(photo.image)!r}, the sample expects {photo.label!r}")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None or image.shape[:2] != (512, 512):
-        raise ValueError("astronaut.png did not decode to a 512x512 colour image")
+    if image is None:
+        raise ValueError(f"{photo.image} did not decode as an image")
     return image
 
 
-def speaker_view(portrait: np.ndarray, side: Side) -> np.ndarray:
-    """HEIGHT x WIDTH BGR picture of one speaker: mirrored/cropped/tinted portrait."""
-    src = portrait[:, ::-1] if side.mirror else portrait
-    x, y, w, h = side.crop
-    view = cv2.resize(np.ascontiguousarray(src[y : y + h, x : x + w]), (WIDTH, HEIGHT), interpolation=cv2.INTER_AREA)
-    tinted = view.astype(np.float32) * np.array(side.tint, np.float32)
-    return np.clip(tinted, 0, 255).astype(np.uint8)
+def speaker_view(photo: np.ndarray, side: Side) -> np.ndarray:
+    """HEIGHT x WIDTH BGR picture of one speaker: the photograph, scaled, centred above the caption band."""
+    view = np.empty((HEIGHT, WIDTH, 3), np.uint8)
+    view[:] = side.backdrop
+    h = side.height
+    w = int(round(photo.shape[1] * h / photo.shape[0]))
+    scaled = cv2.resize(photo, (w, h), interpolation=cv2.INTER_CUBIC)
+    top = 56 + (CAPTION_TOP - 56 - h) // 2
+    left = (WIDTH - w) // 2
+    view[top : top + h, left : left + w] = scaled
+    return view
 
 
 def _trim(samples: np.ndarray, pad_s: float = 0.02) -> np.ndarray:
@@ -188,7 +201,8 @@ def synthesize(workdir: Path) -> tuple[np.ndarray, list[dict]]:
             cursor += len(pieces[-1])
         utterances.append({
             "index": i, "speaker": SPEAKERS[who].voice.name, "text": text, "emotion": emotion,
-            "face": EXPRESSIONS[emotion].look,
+            "face": {"dataset": FACES_DATASET, "image": SPEAKERS[who].photos[emotion].image,
+                     "label": SPEAKERS[who].photos[emotion].label},
             "start": round(cursor / AUDIO_RATE, 3), "end": round((cursor + len(speech)) / AUDIO_RATE, 3),
         })
         pieces.append(speech)
@@ -244,14 +258,14 @@ def _levels(track: np.ndarray, n_frames: int) -> np.ndarray:
 # ------------------------------------------------------------------ writing
 
 
-def write_media(path: Path, portrait: np.ndarray, track: np.ndarray, utterances: list[dict]) -> float:
+def write_media(path: Path, faces_dir: Path, track: np.ndarray, utterances: list[dict]) -> float:
     """Mux frames (H.264) and the track (mono AAC) into an mp4, interleaved; returns its duration."""
     import av
 
     duration = len(track) / AUDIO_RATE
     n_frames = int(np.ceil(duration * FPS))
-    faces = {emotion: express(portrait, emotion) for emotion in {u["emotion"] for u in utterances}}
-    views = {(k, emotion): speaker_view(face, side) for k, side in enumerate(SPEAKERS) for emotion, face in faces.items()}
+    views = {(k, emotion): speaker_view(load_photo(faces_dir, photo), side)
+             for k, side in enumerate(SPEAKERS) for emotion, photo in side.photos.items()}
     levels = _levels(track, n_frames)
     by_name = {side.voice.name: k for k, side in enumerate(SPEAKERS)}
     pcm = track.astype(np.float32) / 32768.0
@@ -270,14 +284,19 @@ def write_media(path: Path, portrait: np.ndarray, track: np.ndarray, utterances:
     return duration
 
 
-def make_sample(out_dir: Path, portrait_path: Optional[Path] = None) -> tuple[Path, Path]:
+def make_sample(out_dir: Path, faces_dir: Optional[Path] = None) -> tuple[Path, Path]:
     """Write conversation.mp4 and conversation.json into out_dir; returns their paths."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    portrait = load_portrait(portrait_path)
+    faces_dir = faces_dir or default_faces_dir()
+    for side in SPEAKERS:  # every photograph checked before anything is written
+        for emotion, photo in side.photos.items():
+            if MUXSPACE_TO_MELD.get(photo.label, photo.label) != emotion:
+                raise ValueError(f"{photo.image} is labelled {photo.label!r}; it cannot show {emotion!r}")
+            load_photo(faces_dir, photo)
     with tempfile.TemporaryDirectory(prefix="magtkd_sample_") as tmp:
         track, utterances = synthesize(Path(tmp))
     media, script = out_dir / MEDIA_NAME, out_dir / SCRIPT_NAME
-    duration = write_media(media, portrait, track, utterances)
+    duration = write_media(media, faces_dir, track, utterances)
     doc = {
         "media": MEDIA_NAME,
         "made_by": "demo/make_sample.py",
@@ -287,7 +306,7 @@ def make_sample(out_dir: Path, portrait_path: Optional[Path] = None) -> tuple[Pa
         "audio": {"sample_rate": AUDIO_RATE, "channels": 1, "codec": "aac"},
         "speakers": [
             {"name": s.voice.name, "espeak_voice": s.voice.espeak_voice, "pitch": s.voice.pitch,
-             "rate": s.voice.rate, "portrait": f"scikit-image {SKIMAGE_VERSION} {ASTRONAUT_MEMBER}",
+             "rate": s.voice.rate, "face_source": f"{FACES_DATASET} identity {s.identity}",
              "framing": s.framing}
             for s in SPEAKERS
         ],
@@ -300,18 +319,18 @@ def make_sample(out_dir: Path, portrait_path: Optional[Path] = None) -> tuple[Pa
 # ------------------------------------------------------------------ checking
 
 
-def face_cascade() -> "cv2.CascadeClassifier":
-    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
-    if cascade.empty():
-        raise RuntimeError("OpenCV's haarcascade_frontalface_default.xml did not load (opencv-python 4.x ships it)")
-    return cascade
+def face_detector() -> object:
+    """The lite profile's own face detector (what the service crops faces with)."""
+    from magtkd_stream.config import load_config
+    from magtkd_stream.encoders.face import make_detector
+
+    video = load_config("lite").encoders.video
+    return make_detector(video.detector, video.detect_side)
 
 
-def detect_faces(frame_bgr: np.ndarray, cascade: "cv2.CascadeClassifier") -> list[tuple[int, int, int, int]]:
-    """Frontal faces of at least 80 px found by the Haar cascade, as (x, y, w, h)."""
-    gray = cv2.equalizeHist(cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2GRAY))
-    found = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(80, 80))
-    return [tuple(int(v) for v in box) for box in found]
+def detect_faces(frame_bgr: np.ndarray, detector: object) -> list[tuple[int, int, int, int]]:
+    """Faces the service's detector finds, as (x, y, w, h)."""
+    return [tuple(int(v) for v in box) for box in detector.detect(frame_bgr)]
 
 
 def check_sample(media: Path, script: Path) -> list[str]:
@@ -327,7 +346,7 @@ def check_sample(media: Path, script: Path) -> list[str]:
     if info.duration is None or abs(info.duration - doc["duration"]) > 0.25:
         problems.append(f"duration {info.duration} s differs from the script's {doc['duration']} s")
     audio = load_audio(MediaSpan(str(media)), sr=16000)
-    cascade = face_cascade()
+    detector = face_detector()
     utts = doc["utterances"]
     frames = middle_frames(media, utts)
     for k, (u, frame) in enumerate(zip(utts, frames)):
@@ -338,10 +357,10 @@ def check_sample(media: Path, script: Path) -> list[str]:
         rms_gap = float(np.sqrt(np.mean(gap**2))) if len(gap) else 0.0
         if not rms_speech > max(0.01, 5 * rms_gap):
             problems.append(f"utterance {k}: speech RMS {rms_speech:.4f} is not clearly above the gap's {rms_gap:.4f}")
-        faces = detect_faces(frame, cascade)
+        faces = detect_faces(frame, detector)
         if not faces:
             mid = (u["start"] + u["end"]) / 2
-            problems.append(f"utterance {k} ({u['speaker']}, {mid:.2f} s): no face found by the Haar cascade")
+            problems.append(f"utterance {k} ({u['speaker']}, {mid:.2f} s): no face found by the service's face detector")
         elif max(y + h for _, y, _, h in faces) > CAPTION_TOP + 20:
             problems.append(f"utterance {k}: face {faces} overlaps the caption band")
     reads = face_readings(frames)
@@ -368,8 +387,8 @@ def middle_frames(media: Path, utterances: Sequence[dict]) -> list[np.ndarray]:
 def face_readings(frames: Sequence[np.ndarray]) -> list[tuple[str, float]]:
     """(label, probability) of the lite profile's face CNN on the face in each frame ("no face", 0.0 without one).
 
-    The drawn expressions are meant to be read by a face model, not only by
-    people: this shows how the service's own video encoder crops and reads them.
+    Printed for information: this shows how the service's own video encoder
+    crops and reads the photographs; it never chooses them.
     """
     import torch
 
@@ -397,32 +416,29 @@ def word_error_rates(audio: np.ndarray, utterances: Sequence[dict]) -> list[floa
     The recognizer reads transcripts, so a sample whose voices the ASR mishears
     shows the ASR's mistakes, not the emotion model.
     """
-    import jiwer
-
     from magtkd_stream.asr import build_asr
     from magtkd_stream.config import load_config
+    from training.metrics import word_error_rate
 
     asr = build_asr(load_config("lite").encoders.asr)
-    norm = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
-                          jiwer.Strip(), jiwer.ReduceToListOfListOfWords()])
     out = []
     for u in utterances:
         speech = audio[max(0, int((u["start"] - 0.2) * 16000)) : int((u["end"] + 0.2) * 16000)]
-        heard = asr.transcribe(speech.astype(np.float32)).text
-        out.append(float(jiwer.wer(u["text"], heard or "-", reference_transform=norm, hypothesis_transform=norm)))
+        out.append(word_error_rate([u["text"]], [asr.transcribe(speech.astype(np.float32)).text]))
     return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Make the demo conversation sample (mp4 + json script).")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default {DEFAULT_OUT})")
-    parser.add_argument("--portrait", type=Path, default=None,
-                        help="path of skimage's astronaut.png (default: read it from a pip-downloaded wheel)")
+    parser.add_argument("--faces", type=Path, default=None,
+                        help=f"the {FACES_DATASET} folder (default $MAGTKD_DATA/{FACES_DATASET} or "
+                             f"../shared/data/{FACES_DATASET})")
     parser.add_argument("--check-only", action="store_true", help="only check an existing sample in --out")
     args = parser.parse_args(argv)
     media, script = args.out / MEDIA_NAME, args.out / SCRIPT_NAME
     if not args.check_only:
-        media, script = make_sample(args.out, args.portrait)
+        media, script = make_sample(args.out, args.faces)
     elif not (media.is_file() and script.is_file()):
         print(f"make_sample: {media} or {script} is missing; run without --check-only first", file=sys.stderr)
         return 2

@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from demo import expressions, live_client, live_messages, live_sources, make_sample  # noqa: E402
+from demo import live_client, live_messages, live_sources, make_sample  # noqa: E402
 from demo.live_sources import iter_media  # noqa: E402
 from demo.live_view import draw_overlay  # noqa: E402
 from magtkd_stream import protocol as P  # noqa: E402
@@ -97,18 +97,19 @@ def test_the_lite_asr_hears_the_sample_lines(script: dict) -> None:
 
 
 def test_a_face_is_found_in_the_middle_of_every_utterance(script: dict) -> None:
-    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
-    assert not cascade.empty()
+    """The service's own detector finds each line's face, large enough to crop, and the speakers are framed apart."""
+    detector = make_sample.face_detector()
     sizes = []
     for u in script["utterances"]:
         mid = (u["start"] + u["end"]) / 2
         frame = load_frames(MediaSpan(str(MEDIA), mid, mid + 0.1), num_frames=1)[0]
         assert frame.shape == (script["video"]["height"], script["video"]["width"], 3)
-        faces = cascade.detectMultiScale(cv2.cvtColor(frame, cv2.COLOR_BGR2GRAY), 1.1, 5, minSize=(60, 60))
+        faces = make_sample.detect_faces(frame, detector)
         assert len(faces) >= 1, f"no face at {mid:.2f} s ({u['speaker']})"
+        assert max(y + h for _, y, _, h in faces) <= make_sample.CAPTION_TOP + 20
         sizes.append((u["speaker"], int(max(f[2] for f in faces))))
     by_speaker = {name: {w for s, w in sizes if s == name} for name, _ in sizes}
-    assert all(min(ws) >= 120 for ws in by_speaker.values())  # large enough to crop and classify
+    assert all(min(ws) >= 100 for ws in by_speaker.values())  # large enough to crop and classify
     a, b = by_speaker.values()
     assert max(a) < min(b) or max(b) < min(a)  # the two speakers are framed differently
 
@@ -122,77 +123,53 @@ def test_sample_pauses_inside_a_line_are_capped() -> None:
     assert np.array_equal(out[: len(tone) - 1000], tone[:-1000]) and np.array_equal(out[-len(tone) + 1000 :], tone[1000:])
 
 
-def test_sample_portrait_must_be_the_pinned_public_domain_image(tmp_path: Path) -> None:
-    other = tmp_path / "astronaut.png"
-    cv2.imwrite(str(other), np.zeros((512, 512, 3), np.uint8))
-    with pytest.raises(ValueError, match="SHA-256"):
-        make_sample.load_portrait(other)
-    with pytest.raises(FileNotFoundError, match="--portrait"):
-        make_sample.load_portrait(tmp_path / "missing.png")
+def _faces_folder(tmp_path: Path, image: str, label: str, data: bytes) -> Path:
+    (tmp_path / "images").mkdir(parents=True, exist_ok=True)
+    (tmp_path / "images" / image).write_bytes(data)
+    (tmp_path / "labels.csv").write_text(f"image,emotion,identity\n{image},{label},someone\n", encoding="utf-8")
+    return tmp_path
 
 
-def test_sample_faces_show_the_lines_emotions(script: dict) -> None:
-    """The face CNN the service uses reads the drawn faces, not one smile: a face alone can tell lines apart."""
-    assert all(u["face"] == expressions.EXPRESSIONS[u["emotion"]].look for u in script["utterances"])
-    reads = make_sample.face_readings(make_sample.middle_frames(MEDIA, script["utterances"]))
-    by_emotion = {u["emotion"]: label for u, (label, _) in zip(script["utterances"], reads)}
-    assert by_emotion["joy"] == "happy" and by_emotion["surprise"] == "surprise" and by_emotion["anger"] == "angry"
-    assert len({label for label, _ in reads}) >= 5, reads
-    assert sum(label == "happy" for label, _ in reads) == sum(u["emotion"] == "joy" for u in script["utterances"])
+def test_sample_photographs_must_be_the_pinned_files_with_their_labels(tmp_path: Path) -> None:
+    ok, data = cv2.imencode(".jpg", np.full((160, 120, 3), 90, np.uint8))
+    data = data.tobytes()
+    digest = __import__("hashlib").sha256(data).hexdigest()
+    pinned = make_sample.Photo("x.jpg", digest, "anger")
+    assert make_sample.load_photo(_faces_folder(tmp_path / "a", "x.jpg", "anger", data), pinned).shape == (160, 120, 3)
+    with pytest.raises(ValueError, match="SHA-256 is .* expected"):
+        make_sample.load_photo(_faces_folder(tmp_path / "b", "x.jpg", "anger", data + b"\0"), pinned)
+    with pytest.raises(ValueError, match="labels.csv says 'happiness', the sample expects 'anger'"):
+        make_sample.load_photo(_faces_folder(tmp_path / "c", "x.jpg", "happiness", data), pinned)
+    with pytest.raises(FileNotFoundError, match="--faces"):
+        make_sample.load_photo(tmp_path / "missing", pinned)
 
 
-def _dot_image() -> tuple[np.ndarray, tuple[float, float]]:
-    img = np.full((512, 512, 3), 128, np.uint8)
-    x, y = expressions.LANDMARKS["lbi"]
-    cv2.circle(img, (int(x), int(y)), 2, (255, 255, 255), -1)
-    return img, (x, y)
+def test_each_speaker_is_a_different_dev_identity_photographed_with_the_lines_emotion(script: dict) -> None:
+    """Every line shows its speaker's own photograph whose dataset label is the line's emotion; no identity was
+    trained on (the composer's dev split), and the two speakers are two people."""
+    from training.compose import identity_split
 
-
-def _centroid(img: np.ndarray) -> tuple[float, float]:
-    ys, xs = np.nonzero(img[..., 0] > 200)
-    return float(xs.mean()), float(ys.mean())
-
-
-def test_expression_warp_moves_a_landmark_and_nothing_outside_the_face() -> None:
-    img, (x, y) = _dot_image()
-    moved = expressions.warp(img, {"lbi": (3.0, -6.0)})
-    cx, cy = _centroid(moved)
-    assert cx == pytest.approx(x + 3, abs=0.7) and cy == pytest.approx(y - 6, abs=0.7)
-    x0, y0, x1, y1 = expressions.REGION
-    outside = np.ones(img.shape[:2], bool)
-    outside[y0:y1, x0:x1] = False
-    assert np.array_equal(moved[outside], img[outside])
-    assert np.array_equal(expressions.warp(img, {}), img)
-    with pytest.raises(ValueError, match="unknown landmarks.*known"):
-        expressions.warp(img, {"nose_tip": (1, 1)})
-
-
-def test_thin_plate_spline_passes_through_its_points_and_keeps_planes() -> None:
-    rng = np.random.default_rng(0)
-    centres = rng.uniform(0, 100, (12, 2))
-    values = rng.normal(size=(12, 2))
-    assert np.allclose(expressions.thin_plate_spline(centres, values, centres), values, atol=1e-8)
-    plane = centres @ np.array([[0.5], [-2.0]]) + 3.0  # an affine function is reproduced everywhere
-    points = rng.uniform(0, 100, (20, 2))
-    assert np.allclose(expressions.thin_plate_spline(centres, plane, points),
-                       points @ np.array([[0.5], [-2.0]]) + 3.0, atol=1e-6)
-
-
-def test_every_emotion_has_a_face_and_joy_is_the_photograph() -> None:
-    rng = np.random.default_rng(1)
-    portrait = rng.integers(0, 256, (512, 512, 3), dtype=np.uint8)
-    assert set(expressions.EXPRESSIONS) == {"anger", "disgust", "fear", "joy", "neutral", "sadness", "surprise"}
-    assert np.array_equal(expressions.express(portrait, "joy"), portrait)
-    x0, y0, x1, y1 = expressions.REGION
-    for emotion in ("anger", "surprise", "neutral"):
-        face = expressions.express(portrait, emotion)
-        assert not np.array_equal(face[y0:y1, x0:x1], portrait[y0:y1, x0:x1]), emotion
-        face[y0:y1, x0:x1] = portrait[y0:y1, x0:x1]
-        assert np.array_equal(face, portrait), emotion
-    with pytest.raises(ValueError, match="no expression for 'bored'; drawn: joy"):
-        expressions.express(portrait, "bored")
-    with pytest.raises(ValueError, match="512x512 BGR uint8"):
-        expressions.express(portrait[:256], "anger")
+    sides = {side.voice.name: side for side in make_sample.SPEAKERS}
+    assert len({side.identity for side in sides.values()}) == 2
+    assert all(identity_split(side.identity) == "dev" for side in sides.values())
+    images: list[str] = []
+    for u in script["utterances"]:
+        side = sides[u["speaker"]]
+        photo = side.photos[u["emotion"]]
+        assert u["face"] == {"dataset": "faces_muxspace", "image": photo.image, "label": photo.label}
+        assert make_sample.MUXSPACE_TO_MELD.get(photo.label, photo.label) == u["emotion"]
+        assert photo.image.startswith(side.identity + "_")
+        images.append(photo.image)
+    used: dict[str, set] = {}
+    for u, image in zip(script["utterances"], images):
+        used.setdefault(image, set()).add((u["speaker"], u["emotion"]))
+    assert all(len(v) == 1 for v in used.values())  # a photograph stands for one speaker's one emotion
+    faces = make_sample.default_faces_dir()
+    if not (faces / "labels.csv").is_file():
+        pytest.skip(f"{faces} is absent: the photographs themselves are not checked")
+    for side in make_sample.SPEAKERS:
+        for photo in side.photos.values():
+            assert make_sample.load_photo(faces, photo).ndim == 3
 
 
 # ------------------------------------------------------------------ live client: messages
@@ -252,8 +229,8 @@ def test_event_view_keeps_the_latest_final_result_and_recent_transcript() -> Non
     assert not view.update(_emotion(0, {"anger": 0.9, "joy": 0.05, "neutral": 0.05}, final=False))
     assert view.label == "joy" and view.last_seq == 4
     for i in range(3):
-        view.update(P.make_transcript("s", i, f"line {i}", "Bea", i, i + 1))
-    assert view.transcript == ["Bea: line 1", "Bea: line 2"]
+        view.update(P.make_transcript("s", i, f"line {i}", "Ben", i, i + 1))
+    assert view.transcript == ["Ben: line 1", "Ben: line 2"]
     view.update(P.make_session_end("s", "end", 3.0, 0, 0, 0.0))
     assert "ended" in view.status
     line = live_messages.describe(_emotion(1, PROBS))

@@ -306,7 +306,7 @@ def test_lite_profile_transcribes_and_fuses(ray_local) -> None:
         col.start("lite")
 
         sample = Path(__file__).resolve().parent.parent / "demo" / "samples" / "conversation.mp4"
-        with av.open(str(sample)) as container:  # a frame with the sample's portrait: a face to crop
+        with av.open(str(sample)) as container:  # a frame with a sample speaker's photograph: a face to crop
             face = next(container.decode(video=0)).to_ndarray(format="bgr24")
         audio = conversation(FIRST)
 

@@ -24,9 +24,9 @@ def _mod(label: Optional[str]) -> dict[str, Any]:
 
 
 def _event(start: float, end: float, label: str, text: Optional[str], audio: Optional[str], video: Optional[str],
-           status: str = "ok") -> dict[str, Any]:
+           status: str = "ok", heard: str = "heard") -> dict[str, Any]:
     return {"type": "emotion", "status": status, "start": start, "end": end, "label": label if status == "ok" else None,
-            "probs": {k: float(k == label) for k in MELD_LABELS}, "text": "heard",
+            "probs": {k: float(k == label) for k in MELD_LABELS}, "text": heard,
             "modalities": {"text": _mod(text), "audio": _mod(audio), "video": _mod(video)}}
 
 
@@ -39,10 +39,10 @@ UTTERANCES = [
 ]
 EVENTS = [
     {"type": "transcript", "start": 0.8, "end": 2.2},
-    _event(0.8, 2.2, "anger", "neutral", "anger", None),  # u0, right
+    _event(0.8, 2.2, "anger", "neutral", "anger", None, heard="Line 0."),  # u0, right
     _event(2.8, 3.9, "joy", "joy", "neutral", "neutral"),  # u1, overlap 0.9
-    _event(4.0, 5.2, "neutral", "joy", "neutral", None),  # u1, overlap 1.0: scored (wrong) -> split
-    _event(5.8, 8.0, "sadness", "neutral", "neutral", "sadness"),  # u2 1.0, u3 0.4 -> merge, assigned to u2
+    _event(4.0, 5.2, "neutral", "joy", "neutral", None, heard="line one"),  # u1, overlap 1.0: scored (wrong) -> split
+    _event(5.8, 8.0, "sadness", "neutral", "neutral", "sadness", heard="line"),  # u2 1.0, u3 0.4 -> merge, assigned to u2
     _event(13.0, 13.5, "joy", "joy", None, None),  # spurious
     _event(10.2, 10.8, "fear", None, None, None, status="failed"),  # failed: u4 stays missed
 ]
@@ -80,6 +80,8 @@ def test_metrics_known_values() -> None:
     assert s["face"]["shown"] == 2 and s["face"]["video_present_when_shown"] == 0.5
     assert s["face"]["absent"] == 1 and s["face"]["video_present_when_absent"] == 0.0
     assert s["confusion"][MELD_LABELS.index("joy")][MELD_LABELS.index("neutral")] == 1
+    # scored events heard "Line 0." (right), "line one" (1 substitution), "line" (1 deletion) of 6 words
+    assert s["asr"]["word_error_rate"] == pytest.approx(2 / 6, abs=1e-4)
 
 
 def test_score_dev_on_saved_events(tmp_path: Path) -> None:
@@ -97,7 +99,7 @@ def test_score_dev_on_saved_events(tmp_path: Path) -> None:
     assert (out / "confusion.png").stat().st_size > 0
     assert len((out / "matches.jsonl").read_text().splitlines()) == 5
     text = table(summary)
-    assert "voice+face" in text and "2 missed" in text
+    assert "voice+face" in text and "2 missed" in text and "word error rate over the matched utterances: 33.3 %" in text
 
 
 def test_stream_cli_takes_several_files() -> None:

@@ -82,3 +82,20 @@ def save_confusion_png(cm: Sequence[Sequence[int]] | np.ndarray, labels: Sequenc
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(str(path), dpi=100)
     return path
+
+
+def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> float:
+    """Corpus word error rate of transcripts against scripts, case and punctuation ignored.
+
+    The service only reads what the ASR hears, so benchmarks report how much of
+    the words came through (an empty hypothesis counts every word as deleted).
+    """
+    import jiwer
+
+    if len(references) != len(hypotheses) or not references:
+        raise ValueError(f"word_error_rate needs as many hypotheses as references, at least one "
+                         f"(got {len(references)} and {len(hypotheses)})")
+    norm = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
+                          jiwer.Strip(), jiwer.ReduceToListOfListOfWords()])
+    return float(jiwer.wer(list(references), [h or "-" for h in hypotheses],
+                           reference_transform=norm, hypothesis_transform=norm))

@@ -141,7 +141,7 @@ def _by_cue(rows: Sequence[Match]) -> dict[str, Any]:
 
 def score(matches: Sequence[Match], labels: Sequence[str] = MELD_LABELS) -> dict[str, Any]:
     """Every metric of the benchmark from matched utterances (see the module docstring)."""
-    from training.metrics import compute_metrics
+    from training.metrics import compute_metrics, word_error_rate
 
     hit = [m for m in matches if m.event is not None]
     truth = [m.utterance["emotion"] for m in hit]
@@ -164,6 +164,9 @@ def score(matches: Sequence[Match], labels: Sequence[str] = MELD_LABELS) -> dict
     out["neutral_share"] = {"predicted": _acc([p == "neutral" for p in pred]),
                             "true": _acc([t == "neutral" for t in truth]),
                             "true_all_utterances": _acc([m.utterance["emotion"] == "neutral" for m in matches])}
+    if hit:  # what the ASR made of the words: the text branch reads nothing else
+        out["asr"] = {"word_error_rate": round(word_error_rate([x.utterance["text"] for x in hit],
+                                                               [x.event.get("text") or "" for x in hit]), 4)}
     shown = [x for x in hit if x.utterance.get("face") == "shown"]
     absent = [x for x in hit if x.utterance.get("face") == "absent"]
     out["face"] = {"shown": len(shown), "video_present_when_shown": _acc([_present(x, "video") for x in shown]),
@@ -203,6 +206,8 @@ def table(summary: Mapping[str, Any]) -> str:
                  f"video present {_pct(fc['video_present_when_shown'])}, Haar-detectable at render "
                  f"{_pct(fc['detectable_when_shown'])}; face absent {fc['absent']}: video present "
                  f"{_pct(fc['video_present_when_absent'])}")
+    if "asr" in summary:
+        lines.append(f"ASR word error rate over the matched utterances: {100 * summary['asr']['word_error_rate']:.1f} %")
     return "\n".join(lines)
 
 

@@ -71,14 +71,18 @@ class VectorRecorder:
                               np.array([r["end"] for r in rows], np.float64),
                               [r["speaker"] for r in rows], [r["text"] for r in rows], vecs, present)
 
-    def save(self, path: Union[str, Path], model: Optional[str] = None) -> Path:
-        return save_vectors(path, self.session(), model)
+    def save(self, path: Union[str, Path], model: Optional[str] = None,
+             encoders: Optional[Mapping[str, Any]] = None) -> Path:
+        return save_vectors(path, self.session(), model, encoders)
 
 
-def save_vectors(path: Union[str, Path], sv: SessionVectors, model: Optional[str] = None) -> Path:
+def save_vectors(path: Union[str, Path], sv: SessionVectors, model: Optional[str] = None,
+                 encoders: Optional[Mapping[str, Any]] = None) -> Path:
+    """encoders: the config sections that computed the vectors, so a trainer can refuse vectors of other encoders."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"format": FORMAT, "model": model, "speakers": sv.speakers, "texts": sv.texts}
+    meta = {"format": FORMAT, "model": model, "speakers": sv.speakers, "texts": sv.texts,
+            "encoders": dict(encoders) if encoders is not None else None}
     arrays: dict[str, np.ndarray] = {"index": sv.index, "start": sv.start, "end": sv.end,
                                      "meta": np.frombuffer(json.dumps(meta).encode("utf-8"), np.uint8)}
     for m in MODALITIES:

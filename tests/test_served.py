@@ -76,3 +76,21 @@ def test_served_dialogues_apply_heads_and_label_by_time(tmp_path: Path) -> None:
     assert d.feats["text"][:, 0].tolist() == [0.0, 2.0, 4.0, 6.0, 8.0]  # the head ran on every utterance
     assert d.present["video"].tolist() == [False, True, False, True, False]
     assert d.feats["video"][0].tolist() == [0.0, 0.0] and d.feats["video"][1].tolist() == [2.0, 2.0]
+
+
+def test_served_vectors_of_other_encoders_are_refused(tmp_path: Path) -> None:
+    """Vectors recorded with another face CNN (or any other encoder setting) would be misread by the recipe's heads."""
+    import dataclasses
+
+    from training.lite import _check_served_encoders
+    from training.recipe_inputs import load_recipe
+
+    cfg = load_recipe("train_lite")
+    served = {m: dataclasses.asdict(getattr(cfg.encoders, m)) for m in ("text", "audio", "video")}
+    served["video"]["detector"] = "haar"  # detection settings do not change what a crop's vector is
+    _check_served_encoders(tmp_path, json.loads(json.dumps(served)), cfg)
+    served["video"]["model"] = "other_face_cnn.safetensors"
+    with pytest.raises(ValueError, match=r"its video vectors were computed with other encoder settings.*model: "
+                                         r"'other_face_cnn.safetensors' vs"):
+        _check_served_encoders(tmp_path, served, cfg)
+    _check_served_encoders(tmp_path, None, cfg)  # an older run without the record: accepted with a warning

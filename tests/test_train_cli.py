@@ -366,3 +366,11 @@ def test_shipped_lite_checkpoint_is_small_and_loads_in_the_lite_profile() -> Non
     model = FusionModel.from_checkpoint(ck)
     assert model.magt.cfg.window == ck.extra["window"] > 0  # trained as it streams
     assert ck.extra["metrics"]["test"]  # the MELD test scores it was shipped with
+
+
+def test_face_cnn_needs_a_data_root_with_both_sets(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MAGTKD_DATA", raising=False)
+    (tmp_path / "faces_muxspace").mkdir()
+    msg = _fail(["face-cnn", "--data", str(tmp_path), "--out", str(tmp_path / "out")], capsys)
+    assert "fer2013" in msg and not (tmp_path / "out").exists()

@@ -204,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="also write the report as JSON here")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging on the console")
 
+    p = sub.add_parser("face-cnn", help="fine-tune the face CNN on FER2013 train + muxspace train identities; "
+                                        "select and score on the dev identities")
+    p.add_argument("--data", type=Path, default=None, help="data root holding fer2013/ and faces_muxspace/ (default $MAGTKD_DATA)")
+    p.add_argument("--out", type=Path, required=True, help="folder for face_cnn.safetensors and face_tune.json")
+    p.add_argument("--epochs", type=int, default=None, help="default: training.face_tune.TuneSettings")
+    p.add_argument("--fer-limit", type=int, default=None, help="only the first N FER2013 train faces")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging on the console")
+
     p = sub.add_parser("score-dev", help="run composed conversations through `magtkd-stream run` and score them")
     p.add_argument("--dev", type=Path, required=True, help="a folder written by `compose` (rendered)")
     p.add_argument("--out", type=Path, required=True, help="where events/, summary.json and confusion.png go")
@@ -573,6 +581,30 @@ def _cmd_compose(args: argparse.Namespace) -> dict[str, Any]:
     return manifest
 
 
+def _cmd_face_cnn(args: argparse.Namespace) -> dict[str, Any]:
+    from dataclasses import replace
+
+    from training.face_tune import TuneSettings, run_face_tune
+
+    root = _data_root(args)
+    if root is None:
+        raise UsageError("face-cnn: give --data ROOT (holding fer2013/ and faces_muxspace/)")
+    _exists(root / "faces_muxspace", "face-cnn: --data")
+    _exists(root / "fer2013", "face-cnn: --data")
+    from training.runs import setup_logging
+
+    settings = TuneSettings() if args.epochs is None else replace(TuneSettings(), epochs=args.epochs)
+    args.out.mkdir(parents=True, exist_ok=True)
+    setup_logging(args.out, args.verbose)
+    report = run_face_tune(root, args.out, settings, fer_limit=args.fer_limit)
+    before, after = report["before"]["muxspace-dev"], report["after"]["muxspace-dev"]
+    print(f"muxspace dev identities ({before['n']} faces): accuracy {before['accuracy']:.3f} -> {after['accuracy']:.3f}, "
+          f"macro F1 {before['macro_f1']:.3f} -> {after['macro_f1']:.3f} (epoch {report['selected_epoch']}); "
+          f"FER2013 val accuracy {report['before']['fer2013-val']['accuracy']:.3f} -> "
+          f"{report['after']['fer2013-val']['accuracy']:.3f}; wrote {args.out / 'face_cnn.safetensors'}")
+    return report
+
+
 def _cmd_faces(args: argparse.Namespace) -> dict[str, Any]:
     from training.face_detection import composition_hits, photo_hits
 
@@ -635,6 +667,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         return _cmd_score_dev(args)
     if args.command == "faces":
         return _cmd_faces(args)
+    if args.command == "face-cnn":
+        return _cmd_face_cnn(args)
     cfg = _config(args, _DEFAULT_RECIPE.get(args.command))
     if args.resume and (args.run_dir is None or not args.run_dir.is_dir()):
         raise UsageError(f"--resume needs --run-dir naming an existing run folder (got {args.run_dir})")

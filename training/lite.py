@@ -337,6 +337,7 @@ def served_features(served: Sequence[Path], checkpoint: Path, cfg: Config, run: 
         if not model.endswith("@" + digest):
             raise ValueError(f"{folder}: its vectors were computed by {model!r}, not by {checkpoint} (@{digest}); "
                              "their text vectors come from that model's text encoder: pass it as --text-from or --stage1-from")
+        _check_served_encoders(folder, load_vectors(vec_files[0])[1].get("encoders"), cfg)
         dialogues = served_dialogues(folder, heads, kinds, _labels(cfg), split, speaker_norm=norms)
         out = run.path / "features" / f"served-{k}"
         save_features(features_path(out, split), dialogues,
@@ -344,6 +345,21 @@ def served_features(served: Sequence[Path], checkpoint: Path, cfg: Config, run: 
                        "served": str(folder)})
         dirs.append(out)
     return dirs
+
+
+def _check_served_encoders(folder: Path, recorded: Optional[Mapping[str, Any]], cfg: Config) -> None:
+    """Refuse served vectors that other encoder settings computed (e.g. another face CNN): the heads would misread them."""
+    if recorded is None:
+        logger.warning("%s: its vectors do not record their encoder settings (an older run); not checked", folder)
+        return
+    for m in MODALITIES:
+        mine = json.loads(json.dumps(_vector_settings(getattr(cfg.encoders, m))))
+        theirs = {k: v for k, v in (recorded.get(m) or {}).items() if k in mine}
+        if theirs != mine:
+            diff = sorted(k for k in mine if mine.get(k) != theirs.get(k))
+            raise ValueError(f"{folder}: its {m} vectors were computed with other encoder settings than the recipe's "
+                             f"({', '.join(f'{k}: {theirs.get(k)!r} vs {mine.get(k)!r}' for k in diff)}); "
+                             "record them again with the recipe's encoders (score-dev --vectors --set ...)")
 
 
 def _labels(cfg: Config) -> tuple[str, ...]:

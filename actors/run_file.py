@@ -227,7 +227,7 @@ async def run_file_async(
     summary = summarize(events, counts[0], time.time() - started)
     summary.update(file=str(path), session=session, events=str(out_jsonl) if out_jsonl else None)
     if recorder is not None and vectors_out is not None:
-        sections = {m: dataclasses.asdict(getattr(cfg.encoders, m)) for m in ("text", "audio", "video")}
+        sections = {m: dataclasses.asdict(getattr(pipeline.cfg.encoders, m)) for m in ("text", "audio", "video")}
         summary["vectors"] = str(recorder.save(vectors_out, model=sink.model_id, encoders=sections))
     if print_fn is not None:
         print_fn(format_summary(summary))

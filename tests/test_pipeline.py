@@ -204,6 +204,7 @@ def test_run_file_replays_wav_and_mp4(tiny: Pipeline, tmp_path: Path) -> None:
         recorded, meta = load_vectors(summary["vectors"])  # what the service computed, utterance by utterance
         finals = [e for e in events if e["type"] == "emotion"]
         assert meta["model"] == finals[0]["model"] and recorded.index.tolist() == [e["utterance"] for e in finals]
+        assert meta["encoders"]["video"]["model"] == tiny.cfg.encoders.video.model  # which encoders computed them
         assert recorded.start.tolist() == pytest.approx([e["start"] for e in finals])
         assert recorded.texts == [e["text"] for e in finals] and recorded.present["text"].all()
         assert recorded.present["video"].tolist() == [video, video]

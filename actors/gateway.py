@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import hmac
 import logging
 import os
+import re
+import ssl
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Protocol, Union
@@ -22,12 +23,16 @@ import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from actors.gateway_auth import Identity, TokenSpec, TokenTable, load_tokens_file
+from actors.gateway_guard import ConnectionGuard, remote_host
 from actors.gateway_publisher import PublisherSession
 from magtkd_stream.bus import ALL, EventBus, Subscription, SubscriptionDropped
 from magtkd_stream.config import ConfigError
 from magtkd_stream.protocol import (
     CLOSE_DROPPED,
     CLOSE_SHUTDOWN,
+    MAX_JSON_DEPTH,
+    MAX_STRING_CHARS,
     PROTOCOL_VERSION,
     SAMPLE_RATES,
     EndMessage,
@@ -71,18 +76,39 @@ class SessionSink(Protocol):
     async def end(self, session: str) -> None: ...
 
 
+ORIGIN = re.compile(r"https?://[^/\s]+|null")  # "null": pages opened from file://
+
+
 def _positive(value: float, key: str) -> None:
     if not value > 0:
         raise ConfigError(f"gateway.{key}: must be > 0, got {value!r}")
 
 
+def _hard_cap(limit: int) -> int:
+    """Messages between our limit and this cap get a clear "oversized" error; beyond it websockets closes 1009."""
+    return max(2 * limit, limit + 65536)
+
+
 @dataclass
 class GatewayConfig:
-    """Limits and address of the gateway; `tokens` is merged with the comma-separated MAGTKD_TOKENS env var."""
+    """Limits and address of the gateway.
+
+    `tokens` (plain strings, or TokenSpec / {token, tenant, roles} entries) is merged with the tokens
+    file and the comma-separated MAGTKD_TOKENS env var; a plain token is its own tenant.
+    """
 
     host: str = "127.0.0.1"
     port: int = 8765  # 0: an ephemeral port (read Gateway.port after start)
-    tokens: tuple[str, ...] = ()
+    tokens: tuple[Union[str, TokenSpec], ...] = ()
+    tokens_file: str = ""  # YAML/JSON list of {token, tenant, roles}
+    tls_cert: str = ""  # PEM certificate chain; with tls_key the gateway speaks wss://
+    tls_key: str = ""
+    allowed_origins: tuple[str, ...] = ()  # browser Origin values accepted; empty: any (no check)
+    max_hello_bytes: int = 65536  # every message before the hello is accepted
+    max_connections: int = 256  # open TCP connections in total
+    max_connections_per_address: int = 32  # open TCP connections per remote IP address
+    hello_rate_per_address: float = 10.0  # hellos per second per remote IP address ...
+    hello_burst_per_address: int = 30  # ... with bursts up to this many
     max_message_bytes: int = 1 << 20
     max_video_fps: float = 30.0
     max_video_pixels: int = 3840 * 2160
@@ -98,9 +124,21 @@ class GatewayConfig:
     validate_events: bool = True
 
     def __post_init__(self) -> None:
-        self.tokens = tuple(self.tokens)
-        if not all(isinstance(t, str) and t for t in self.tokens):
+        self.tokens = tuple(t if isinstance(t, str) else TokenSpec.from_value(t) for t in self.tokens)
+        if not all(isinstance(t, TokenSpec) or (isinstance(t, str) and t) for t in self.tokens):
             raise ConfigError("gateway.tokens: every token must be a non-empty string")
+        for key in ("tokens_file", "tls_cert", "tls_key"):
+            if not isinstance(getattr(self, key), str):
+                raise ConfigError(f"gateway.{key}: expected a path string, got {getattr(self, key)!r}")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("gateway.tls_cert / tls_key: give both (certificate chain and private key) or neither")
+        self.allowed_origins = tuple(self.allowed_origins)
+        for origin in self.allowed_origins:
+            if not isinstance(origin, str) or not ORIGIN.fullmatch(origin):
+                raise ConfigError(
+                    f"gateway.allowed_origins: {origin!r} is not an origin; write scheme://host[:port] "
+                    "without a path, e.g. https://app.example.com"
+                )
         if not 0 <= self.port <= 65535:
             raise ConfigError(f"gateway.port: must be in [0, 65535], got {self.port}")
         for key in (
@@ -114,6 +152,11 @@ class GatewayConfig:
             "replay_buffer",
             "inbound_queue",
             "close_timeout_s",
+            "max_hello_bytes",
+            "max_connections",
+            "max_connections_per_address",
+            "hello_rate_per_address",
+            "hello_burst_per_address",
         ):
             _positive(getattr(self, key), key)
         if self.ended_sessions_kept < 0 or self.ended_session_ttl_s < 0:
@@ -127,23 +170,57 @@ class GatewayConfig:
         if unknown:
             raise ConfigError(f"unknown key gateway.{unknown[0]}; known keys: {sorted(fields)}")
         kwargs = dict(data)
-        if "tokens" in kwargs:
-            tokens = kwargs["tokens"]
-            kwargs["tokens"] = tuple(tokens.split(",")) if isinstance(tokens, str) else tuple(tokens or ())
+        for key in ("tokens", "allowed_origins"):
+            if key in kwargs:
+                value = kwargs[key]
+                kwargs[key] = tuple(value.split(",")) if isinstance(value, str) else tuple(value or ())
         for name, value in kwargs.items():
             default = fields[name].default
             if isinstance(default, bool) != isinstance(value, bool) or (
                 isinstance(default, (int, float)) and not isinstance(value, (int, float))
-            ):
+            ) or (isinstance(default, str) and not isinstance(value, str)):
                 raise ConfigError(f"gateway.{name}: expected {type(default).__name__}, got {value!r}")
         return cls(**kwargs)
 
+    def token_table(self) -> TokenTable:
+        """Every accepted token with its tenant and roles: config, tokens file, then MAGTKD_TOKENS."""
+        specs = [TokenSpec.from_value(t) for t in self.tokens]
+        if self.tokens_file:
+            specs += load_tokens_file(self.tokens_file)
+        specs += [TokenSpec(t.strip()) for t in os.environ.get(TOKENS_ENV, "").split(",") if t.strip()]
+        return TokenTable(specs)
+
     def accepted_tokens(self) -> tuple[str, ...]:
-        env = [t.strip() for t in os.environ.get(TOKENS_ENV, "").split(",") if t.strip()]
-        return tuple(dict.fromkeys([*self.tokens, *env]))
+        return self.token_table().tokens
+
+    def ssl_context(self) -> Optional[ssl.SSLContext]:
+        """The TLS context for wss://, or None for plain ws://; a bad file is a ConfigError naming it."""
+        if not self.tls_cert:
+            return None
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        try:
+            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(
+                f"gateway.tls_cert / tls_key: cannot load certificate {self.tls_cert!r} with key {self.tls_key!r} "
+                f"({exc}); both must be PEM files and the key must match the certificate"
+            ) from None
+        return ctx
+
+    @property
+    def hello_limit(self) -> int:
+        return min(self.max_hello_bytes, self.max_message_bytes)
 
     def limits(self) -> dict[str, Any]:
         return {
+            "max_hello_bytes": self.hello_limit,
+            "max_connections": self.max_connections,
+            "max_connections_per_address": self.max_connections_per_address,
+            "hello_rate_per_address": self.hello_rate_per_address,
+            "hello_burst_per_address": self.hello_burst_per_address,
+            "max_json_depth": MAX_JSON_DEPTH,
+            "max_string_chars": MAX_STRING_CHARS,
             "max_message_bytes": self.max_message_bytes,
             "max_video_fps": self.max_video_fps,
             "max_sessions_per_token": self.max_sessions_per_token,
@@ -166,8 +243,9 @@ class Gateway:
 
     def __init__(self, config: GatewayConfig, sink: SessionSink, bus: Optional[EventBus] = None) -> None:
         self.config = config
-        self.tokens = [t.encode("utf-8") for t in config.accepted_tokens()]
-        if not self.tokens:
+        self.auth = config.token_table()
+        self.ssl = config.ssl_context()
+        if not len(self.auth):
             raise ConfigError(
                 f"gateway: no tokens configured; set gateway.tokens or the {TOKENS_ENV} environment variable"
             )
@@ -188,6 +266,12 @@ class Gateway:
         self._subscribers: dict[ServerConnection, Subscription] = {}
         self._subs_by_token: dict[str, int] = {}  # subscriber connections per token
         self._handlers: set[asyncio.Task] = set()
+        self.guard = ConnectionGuard(
+            config.max_connections,
+            config.max_connections_per_address,
+            config.hello_rate_per_address,
+            config.hello_burst_per_address,
+        )
 
     # ------------------------------------------------------------ lifecycle
 
@@ -197,13 +281,20 @@ class Gateway:
             self._handle,
             cfg.host,
             cfg.port,
-            # Messages between our limit and this hard cap get a clear "oversized" error; beyond it the
-            # websockets library closes with 1009 itself.
-            max_size=max(2 * cfg.max_message_bytes, cfg.max_message_bytes + 65536),
+            # Until its hello is accepted a connection may only send small messages (raised in _handle).
+            max_size=_hard_cap(cfg.hello_limit),
             compression=None,  # audio and JPEG do not compress; saves CPU per frame
             close_timeout=cfg.close_timeout_s,
+            origins=[*cfg.allowed_origins, None] if cfg.allowed_origins else None,  # None: non-browser clients
+            process_request=self.guard.process_request,
+            create_connection=self.guard.connection_class(),
+            ssl=self.ssl,
         )
-        log.info("gateway listening on ws://%s:%d/", cfg.host, self.port)
+        log.info("gateway listening on %s://%s:%d/", self.scheme, cfg.host, self.port)
+
+    @property
+    def scheme(self) -> str:
+        return "wss" if self.ssl is not None else "ws"
 
     @property
     def port(self) -> int:
@@ -244,13 +335,6 @@ class Gateway:
 
     # ------------------------------------------------------------ helpers shared with publishers
 
-    def _token_ok(self, token: str) -> bool:
-        given = token.encode("utf-8")
-        ok = False
-        for accepted in self.tokens:  # no early exit: timing does not reveal which token matched
-            ok |= hmac.compare_digest(given, accepted)
-        return ok
-
     def _claim(self, token: str, session: str) -> None:
         self.bus.check_new_session(session)  # session_taken, before any limit is counted
         owned = self._by_token.get(token, set())
@@ -269,12 +353,13 @@ class Gateway:
             if not owned:
                 del self._by_token[token]
 
-    def _check_size(self, msg: Union[str, bytes]) -> None:
-        size = len(msg.encode("utf-8")) if isinstance(msg, str) else len(msg)
-        if size > self.config.max_message_bytes:
-            raise ProtocolError(
-                "oversized", f"message of {size} bytes exceeds max_message_bytes {self.config.max_message_bytes}"
-            )
+    def _check_size(self, msg: Union[str, bytes], hello: bool = False) -> None:
+        size = len(msg.encode("utf-8", "surrogatepass")) if isinstance(msg, str) else len(msg)
+        limit, name = (self.config.hello_limit, "max_hello_bytes") if hello else (self.config.max_message_bytes,
+                                                                                   "max_message_bytes")
+        if size > limit:
+            what = "the first message (hello)" if hello else "message"
+            raise ProtocolError("oversized", f"{what} of {size} bytes exceeds {name} {limit}")
 
     def _error_dict(self, exc: ProtocolError, session: Optional[str] = None) -> dict[str, Any]:
         return error_message(exc, session if session not in (None, ALL) else None)
@@ -300,16 +385,20 @@ class Gateway:
         if task is not None:
             self._handlers.add(task)
         try:
-            hello = await self._hello(ws)
+            accepted = await self._hello(ws)
+            if accepted is None:
+                return
+            hello, identity = accepted
+            ws.protocol.max_message_size = _hard_cap(self.config.max_message_bytes)
             if isinstance(hello, PublisherHello):
-                pub = PublisherSession(self, ws, hello, hello.token)
+                pub = PublisherSession(self, ws, hello, hello.token, identity.tenant)
                 self._publishers[ws] = pub
                 try:
                     await pub.run()
                 finally:
                     self._publishers.pop(ws, None)
             elif isinstance(hello, SubscriberHello):
-                await self._run_subscriber(ws, hello)
+                await self._run_subscriber(ws, hello, identity)
         except ConnectionClosed:
             pass
         except Exception as exc:  # a bug must cost this connection only
@@ -319,11 +408,21 @@ class Gateway:
             if task is not None:
                 self._handlers.discard(task)
 
-    async def _hello(self, ws: ServerConnection) -> Union[PublisherHello, SubscriberHello, None]:
+    async def _hello(
+        self, ws: ServerConnection
+    ) -> Optional[tuple[Union[PublisherHello, SubscriberHello], Identity]]:
         """Read and check the first message; on any problem answer a fatal error and return None."""
         try:
             raw = await asyncio.wait_for(ws.recv(), self.config.idle_timeout_s)
-            self._check_size(raw)
+            host = remote_host(ws)
+            if not self.guard.hello_allowed(host):
+                raise ProtocolError(
+                    "too_many_hellos",
+                    f"hellos from {host or 'this address'} arrive faster than hello_rate_per_address "
+                    f"{self.config.hello_rate_per_address:g}/s (bursts of {self.config.hello_burst_per_address}); "
+                    "wait before reconnecting",
+                )
+            self._check_size(raw, hello=True)
             if not isinstance(raw, str):
                 raise ProtocolError("bad_message", "the first message must be a text hello, got a binary message")
             msg = parse_client_text(raw)
@@ -332,9 +431,15 @@ class Gateway:
                 raise ProtocolError("bad_message", f"the first message must be hello, got {kind}")
             if self.stopping:
                 raise ProtocolError("internal", "server is shutting down")
-            if not self._token_ok(msg.token):
+            identity = self.auth.lookup(msg.token)
+            if identity is None:
                 raise ProtocolError("bad_token", "token not accepted; ask the server operator for a valid token")
-            return msg
+            role = "publish" if isinstance(msg, PublisherHello) else "subscribe"
+            if not identity.may(role):
+                raise ProtocolError(
+                    "forbidden", f"this token may not {role}; its roles are {sorted(identity.roles)}"
+                )
+            return msg, identity
         except (asyncio.TimeoutError, TimeoutError):
             exc = ProtocolError("idle_timeout", f"no hello within {self.config.idle_timeout_s:g} s of connecting")
         except ProtocolError as err:
@@ -342,8 +447,9 @@ class Gateway:
         await self._fatal(ws, exc)
         return None
 
-    async def _run_subscriber(self, ws: ServerConnection, hello: SubscriberHello) -> None:
+    async def _run_subscriber(self, ws: ServerConnection, hello: SubscriberHello, identity: Identity) -> None:
         token = hello.token
+        scope = None if identity.admin else identity.tenant  # admin: every tenant's sessions
         try:
             held = self._subs_by_token.get(token, 0)
             if held >= self.config.max_subscribers_per_token:
@@ -352,14 +458,14 @@ class Gateway:
                     f"this token already has {held} subscriber connections (limit "
                     f"{self.config.max_subscribers_per_token}); close one, or subscribe once to '*' for every session",
                 )
-            sub = self.bus.subscribe(hello.session, hello.resume)
+            sub = self.bus.subscribe(hello.session, hello.resume, scope)
         except ProtocolError as exc:
             await self._fatal(ws, exc)
             return
         self._subscribers[ws] = sub
         self._subs_by_token[token] = self._subs_by_token.get(token, 0) + 1
         try:
-            known = self.bus.sessions()
+            known = self.bus.sessions(scope)
             covered = known if hello.session == ALL else {k: v for k, v in known.items() if k == hello.session}
             await ws.send(dumps(self._welcome("subscriber", hello.session, covered)))
             sender = asyncio.create_task(self._send_events(ws, sub))
@@ -369,7 +475,9 @@ class Gateway:
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
-            if dropped in done:
+            if dropped in done and sub.refusal is not None:
+                await self._fatal(ws, sub.refusal, hello.session)
+            elif dropped in done:
                 try:
                     msg = dumps(control("dropped", reason=dropped.result()))
                     await asyncio.wait_for(ws.send(msg), self.config.close_timeout_s)

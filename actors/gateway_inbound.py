@@ -103,11 +103,11 @@ class InboundQueue:
 
 
 class RateLimiter:
-    """Token bucket: `rate` events per second with bursts up to one second's worth."""
+    """Token bucket: `rate` events per second with bursts up to one second's worth (or `burst`)."""
 
-    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, rate: float, clock: Callable[[], float] = time.monotonic, burst: Optional[float] = None) -> None:
         self.rate = float(rate)
-        self.capacity = max(1.0, self.rate)
+        self.capacity = max(1.0, self.rate if burst is None else float(burst))
         self._tokens = self.capacity
         self._clock = clock
         self._last = clock()
@@ -120,6 +120,10 @@ class RateLimiter:
             self._tokens -= 1.0
             return True
         return False
+
+    def full(self) -> bool:
+        """True once the bucket has refilled completely (nothing to remember about this client)."""
+        return self._tokens + (self._clock() - self._last) * self.rate >= self.capacity
 
 
 class Throttle:

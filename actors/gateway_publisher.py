@@ -47,8 +47,9 @@ def _nonfatal(exc: ProtocolError) -> ProtocolError:
 class PublisherSession:
     """Runs one publisher connection from its accepted hello to the session_end event."""
 
-    def __init__(self, gateway: "Gateway", ws, hello: PublisherHello, token: str) -> None:
+    def __init__(self, gateway: "Gateway", ws, hello: PublisherHello, token: str, tenant: Optional[str] = None) -> None:
         self.gw = gateway
+        self.tenant = tenant
         self.cfg = gateway.config
         self.ws = ws
         self.hello = hello
@@ -87,6 +88,7 @@ class PublisherSession:
                     make_session_start(
                         self.session, self.hello.speaker, self.hello.video, self.hello.sample_rate, time.time()
                     ),
+                    self.tenant,
                 )
             except ProtocolError as exc:
                 await self.gw._fatal(self.ws, exc, self.session)
@@ -120,6 +122,7 @@ class PublisherSession:
         worker = asyncio.create_task(self._work(), name=f"sink:{self.session}")
         reader = asyncio.create_task(self._read(), name=f"read:{self.session}")
         await asyncio.wait({worker, reader}, return_when=asyncio.FIRST_COMPLETED)
+        read_failure: Optional[BaseException] = None
         if not reader.done():  # the worker stopped first: the pipeline failed on this session
             reader.cancel()
             await asyncio.gather(reader, return_exceptions=True)
@@ -127,7 +130,8 @@ class PublisherSession:
         else:
             reason = reader.result() if reader.exception() is None else "error"
             if reader.exception() is not None:
-                log.error("publisher reader of %s failed", self.session, exc_info=reader.exception())
+                read_failure = reader.exception()
+                log.error("publisher reader of %s failed", self.session, exc_info=read_failure)
         if reason != "end" and not worker.done():  # flush what was received, then let the sink end
             await self._put_tail()
         after_end = asyncio.create_task(self._read_after_end()) if reason == "end" else None
@@ -154,6 +158,13 @@ class PublisherSession:
         if self.gw.stopping and reason == "disconnected":
             reason = "server_stopping"
         seq = self._end_bus(reason)
+        if read_failure is not None:  # a server bug on this connection: say so instead of closing silently
+            await self.gw._fatal(
+                self.ws,
+                ProtocolError("internal", f"server error while reading this session's messages: "
+                                          f"{type(read_failure).__name__}"),
+                self.session,
+            )
         if reason == "end":
             try:
                 await self.ws.send(dumps(control("ended", session=self.session, last_seq=seq)))

@@ -35,7 +35,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 SESSION_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")  # the protocol's session id (schemas/defs.json)
 NO_TOKEN = (
     "refusing to serve without a client token: pass --token T (repeatable), set {env}=T1,T2, "
-    "or list them under stream.gateway.tokens in the profile; clients must present one of them"
+    "list them under stream.gateway.tokens in the profile, or pass --tokens-file; clients must present one of them"
 )
 
 
@@ -43,10 +43,27 @@ class ServeError(RuntimeError):
     """The service could not come up (e.g. its port is taken); the message says what to change."""
 
 
-def gateway_config(cfg: Config, host: str, port: int, tokens: Sequence[str] = ()) -> GatewayConfig:
-    """The profile's `stream.gateway` limits with the command line's address and extra tokens."""
+def gateway_config(
+    cfg: Config,
+    host: str,
+    port: int,
+    tokens: Sequence[str] = (),
+    *,
+    tokens_file: Optional[str] = None,
+    tls_cert: Optional[str] = None,
+    tls_key: Optional[str] = None,
+    allowed_origins: Sequence[str] = (),
+) -> GatewayConfig:
+    """The profile's `stream.gateway` limits with the command line's address, tokens, TLS files and origins."""
     base = GatewayConfig.from_mapping(dict(cfg.stream.get("gateway", {}) or {}))
-    return dataclasses.replace(base, host=host, port=port, tokens=tuple(dict.fromkeys([*base.tokens, *tokens])))
+    changes: dict[str, Any] = dict(host=host, port=port, tokens=tuple(dict.fromkeys([*base.tokens, *tokens])))
+    if tokens_file:
+        changes["tokens_file"] = str(tokens_file)
+    if tls_cert or tls_key:
+        changes.update(tls_cert=str(tls_cert or ""), tls_key=str(tls_key or ""))
+    if allowed_origins:
+        changes["allowed_origins"] = tuple(dict.fromkeys([*base.allowed_origins, *allowed_origins]))
+    return dataclasses.replace(base, **changes)
 
 
 def _err(msg: str) -> None:
@@ -116,7 +133,7 @@ async def serve(
         except OSError as exc:  # e.g. the port is taken
             raise ServeError(f"cannot listen on {gw_cfg.host}:{gw_cfg.port}: {exc}") from None
         host = f"[{gw_cfg.host}]" if ":" in gw_cfg.host else gw_cfg.host
-        out(f"serving ws://{host}:{gateway.port}/ (protocol v1; Ctrl-C to stop)")
+        out(f"serving {gateway.scheme}://{host}:{gateway.port}/ (protocol v1; Ctrl-C to stop)")
         health = await pipeline.health_async()
         out(describe_health(health))
         log.debug("health: %s", json.dumps(health))
@@ -149,11 +166,19 @@ async def serve(
 def serve_cli(cfg: Config, args: Any) -> int:
     """The `serve` command; returns the exit status (0 after a clean shutdown)."""
     try:
-        gw_cfg = gateway_config(cfg, args.host, args.port, args.token)
+        gw_cfg = gateway_config(
+            cfg, args.host, args.port, args.token,
+            tokens_file=getattr(args, "tokens_file", None),
+            tls_cert=getattr(args, "tls_cert", None),
+            tls_key=getattr(args, "tls_key", None),
+            allowed_origins=getattr(args, "allowed_origin", None) or (),
+        )
+        tokens = gw_cfg.accepted_tokens()  # reads the tokens file: a mistake costs seconds, not a Ray start
+        gw_cfg.ssl_context()
     except ConfigError as exc:
         _err(f"configuration error: {exc}")
         return EXIT_USAGE
-    if not gw_cfg.accepted_tokens():
+    if not tokens:
         _err(NO_TOKEN.format(env=TOKENS_ENV))
         return EXIT_USAGE
     if (args.mic or args.camera) and not SESSION_ID.fullmatch(args.session):

@@ -27,6 +27,11 @@ log = logging.getLogger(__name__)
 ALL = "*"
 
 
+def visible(reader: Optional[str], owner: Optional[str]) -> bool:
+    """May a subscriber of tenant `reader` read a session of tenant `owner`? None: every tenant / no tenant."""
+    return reader is None or owner is None or reader == owner
+
+
 @dataclass(frozen=True)
 class BusEvent:
     """One published event; `text` is its JSON, encoded once and shared by every subscriber."""
@@ -69,9 +74,13 @@ class SubscriptionDropped(Exception):
 class Subscription:
     """What one subscriber receives: replayed items first, then live events, each session in seq order."""
 
-    def __init__(self, bus: "EventBus", session: str, maxsize: int, replay: list[BusItem]) -> None:
+    def __init__(
+        self, bus: "EventBus", session: str, maxsize: int, replay: list[BusItem], tenant: Optional[str] = None
+    ) -> None:
         self.bus = bus
         self.session = session
+        self.tenant = tenant  # None: reads every tenant's sessions
+        self.refusal: Optional[ProtocolError] = None  # set when the bus refused it rather than dropped it
         self._replay: deque[BusItem] = deque(replay)
         self._queue: asyncio.Queue[BusEvent] = asyncio.Queue(maxsize)
         self._last: dict[str, int] = {}
@@ -87,7 +96,8 @@ class Subscription:
         except asyncio.QueueFull:
             return False
 
-    def _drop(self, reason: str) -> None:
+    def _drop(self, reason: str, refusal: Optional[ProtocolError] = None) -> None:
+        self.refusal = refusal
         self.dropped_reason = reason
         self.closed = True
         self._dropped.set()
@@ -165,6 +175,7 @@ class _SessionLog:
     buffer: deque = field(default_factory=deque)
     subscribers: set = field(default_factory=set)
     ended_at: float = 0.0
+    tenant: Optional[str] = None  # who started it; None: no tenant (visible to all, e.g. the server's own mic)
 
     @property
     def first_seq(self) -> int:
@@ -213,14 +224,18 @@ class EventBus:
         log_ = self._logs.get(session)
         return None if log_ is None or log_.state == "pending" else log_.state
 
-    def sessions(self) -> dict[str, dict[str, Any]]:
-        """Known sessions with their state and the seq range still replayable."""
+    def sessions(self, tenant: Optional[str] = None) -> dict[str, dict[str, Any]]:
+        """Known sessions (of `tenant` only, unless None) with their state and the seq range still replayable."""
         self._expire()
         return {
             name: {"state": lg.state, "first_seq": lg.first_seq, "last_seq": lg.seq}
             for name, lg in self._logs.items()
-            if lg.state != "pending"
+            if lg.state != "pending" and visible(tenant, lg.tenant)
         }
+
+    def tenant_of(self, session: str) -> Optional[str]:
+        lg = self._logs.get(session)
+        return None if lg is None else lg.tenant
 
     def check_new_session(self, session: str) -> None:
         """Raise ProtocolError session_taken unless `session` may be started now."""
@@ -234,10 +249,11 @@ class EventBus:
                 f"session {session!r} already ran and ended; session ids are single-use, pick a new one",
             )
 
-    def start_session(self, session: str, event: Mapping[str, Any]) -> int:
-        """Mark a session live and publish its session_start event (seq 1).
+    def start_session(self, session: str, event: Mapping[str, Any], tenant: Optional[str] = None) -> int:
+        """Mark a session live (owned by `tenant`) and publish its session_start event (seq 1).
 
         Session ids are single-use while remembered: a live or ended id raises session_taken.
+        Subscribers of another tenant that were waiting for this id are refused with forbidden.
         """
         self.check_new_session(session)
         lg = self._logs.get(session)
@@ -246,7 +262,11 @@ class EventBus:
         if lg is None:
             lg = self._logs[session] = _SessionLog()
         lg.state = "live"
+        lg.tenant = tenant
         lg.buffer = deque(maxlen=self.replay_buffer)
+        for sub in [s for s in lg.subscribers if not visible(s.tenant, tenant)]:
+            reason = f"session {session!r} was opened by another tenant; this token reads only its own tenant's sessions"
+            self._drop(sub, reason, ProtocolError("forbidden", reason))
         return self._publish(session, lg, event)
 
     def end_session(self, session: str, event: Mapping[str, Any]) -> int:
@@ -289,7 +309,7 @@ class EventBus:
         lg.seq += 1
         item = BusEvent(session, lg.seq, data, dumps(data))
         lg.buffer.append(item)
-        for sub in list(lg.subscribers) + list(self._all):
+        for sub in list(lg.subscribers) + [s for s in self._all if visible(s.tenant, lg.tenant)]:
             if not sub._offer(item):
                 self._drop(
                     sub,
@@ -317,16 +337,27 @@ class EventBus:
 
     # ------------------------------------------------------------ subscribers
 
-    def subscribe(self, session: str, resume: Optional[Mapping[str, int]] = None) -> Subscription:
+    def subscribe(
+        self, session: str, resume: Optional[Mapping[str, int]] = None, tenant: Optional[str] = None
+    ) -> Subscription:
         """Subscribe to one session (live, ended, or not yet started) or to ALL ("*").
 
         resume None: live events from now on. resume {session: last_seq}: events after last_seq
         first (a GapNotice where the buffer no longer has them), then live. With "*", known
         sessions missing from resume replay from their start. Resuming an unknown session raises
         ProtocolError unknown_session; a last_seq beyond the newest event raises bad_message.
+        tenant (None: all): only sessions of that tenant are delivered; naming another tenant's known
+        session, or resuming it, raises ProtocolError forbidden.
         """
         self._expire()
         replay: list[BusItem] = []
+        for name in {session, *(resume or {})} - {ALL}:
+            lg = self._logs.get(name)
+            if lg is not None and lg.state != "pending" and not visible(tenant, lg.tenant):
+                raise ProtocolError(
+                    "forbidden",
+                    f"session {name!r} belongs to another tenant; this token reads only its own tenant's sessions",
+                )
         if resume is not None:
             for name, last in resume.items():
                 lg = self._logs.get(name)
@@ -342,12 +373,12 @@ class EventBus:
                         f"resume: last_seq {last} for session {name!r} is ahead of its newest event {lg.seq}",
                     )
             if session == ALL:
-                names = [n for n, lg in self._logs.items() if lg.state != "pending"]
+                names = [n for n, lg in self._logs.items() if lg.state != "pending" and visible(tenant, lg.tenant)]
             else:
                 names = [session] if session in resume else []
             for name in names:
                 replay.extend(self._replay_items(name, resume.get(name, 0)))
-        sub = Subscription(self, session, self.subscriber_queue, replay)
+        sub = Subscription(self, session, self.subscriber_queue, replay, tenant)
         if session == ALL:
             self._all.add(sub)
         else:
@@ -381,12 +412,13 @@ class EventBus:
                 if lg.state == "pending" and not lg.subscribers:
                     del self._logs[sub.session]
 
-    def _drop(self, sub: Subscription, reason: str) -> None:
+    def _drop(self, sub: Subscription, reason: str, refusal: Optional[ProtocolError] = None) -> None:
         if sub.dropped_reason is not None:
             return
-        log.warning("dropping subscriber of %s: %s", sub.session, reason)
-        self.dropped_count += 1
-        sub._drop(reason)
+        if refusal is None:
+            log.warning("dropping subscriber of %s: %s", sub.session, reason)
+            self.dropped_count += 1
+        sub._drop(reason, refusal)
         self.unsubscribe(sub)
 
     def subscriber_count(self) -> int:

@@ -49,7 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     serve = sub.add_parser("serve", help="run the websocket service until stopped")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8765)
-    serve.add_argument("--token", action="append", default=[], help="accepted client token (repeatable)")
+    serve.add_argument("--token", action="append", default=[],
+                       help="accepted client token (repeatable); each plain token is its own tenant")
+    serve.add_argument("--tokens-file", default=None, metavar="PATH",
+                       help="YAML/JSON list of {token, tenant, roles} entries (roles: publish, subscribe, admin)")
+    serve.add_argument("--tls-cert", default=None, metavar="PEM", help="certificate chain: serve wss:// (with --tls-key)")
+    serve.add_argument("--tls-key", default=None, metavar="PEM", help="private key of --tls-cert")
+    serve.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
+                       help="accepted browser Origin, e.g. https://app.example.com (repeatable; default: any)")
     serve.add_argument("--mic", action="store_true", help="also publish this machine's microphone as a session")
     serve.add_argument("--camera", action="store_true", help="also publish this machine's camera (with --mic)")
     serve.add_argument("--session", default="local", help="session id for --mic/--camera")

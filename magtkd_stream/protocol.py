@@ -33,6 +33,8 @@ ERROR_CODES: dict[str, tuple[Optional[int], str]] = {
     "bad_message": (4400, "a message breaks its schema or the binary layout; the text names the field"),
     "bad_version": (4426, "the hello asks for a protocol version the server does not speak"),
     "bad_token": (4401, "the token is not accepted"),
+    "forbidden": (4403, "the token may not do this: another tenant's session, or a role the token lacks"),
+    "too_many_hellos": (4429, "hellos from this remote address arrive faster than hello_rate_per_address"),
     "unknown_session": (4404, "resume asks for a session the server does not know (never existed, or expired)"),
     "session_taken": (4409, "the session id is in use by a live publisher, or already ran and ended"),
     "too_many_sessions": (4429, "the token already has its maximum number of live publisher sessions"),
@@ -48,6 +50,10 @@ ERROR_CODES: dict[str, tuple[Optional[int], str]] = {
 }
 CLOSE_DROPPED = 4503  # slow subscriber disconnected after a "dropped" message
 CLOSE_SHUTDOWN = 1001  # server stopping
+
+# Bounds on any client text message, checked before its schema: deeper or longer input is bad_message.
+MAX_JSON_DEPTH = 8  # objects/arrays inside each other (protocol messages need 2)
+MAX_STRING_CHARS = 1024  # any string or key; the schemas bound each field more tightly (token 512, speaker 128)
 
 CLIENT_TYPES: tuple[str, ...] = ("hello", "end", "ping")
 EVENT_TYPES: tuple[str, ...] = ("session_start", "transcript", "emotion", "emotion_interim", "session_end")
@@ -124,10 +130,15 @@ def parse_client_text(raw: Union[str, bytes]) -> ClientMessage:
     """Parse one client text message; raise ProtocolError(code, message) naming what is wrong."""
     try:
         msg = json.loads(raw)
+    except RecursionError:
+        raise ProtocolError(
+            "bad_message", f"text message nests arrays/objects deeper than the limit of {MAX_JSON_DEPTH} levels"
+        ) from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(
-            "bad_json", f"text message is not valid JSON ({exc}); send one JSON object per message"
+            "bad_json", f"text message is not valid JSON ({str(exc)[:200]}); send one JSON object per message"
         ) from None
+    _check_bounds(msg, "", 1)
     if not isinstance(msg, dict):
         raise ProtocolError("bad_message", f"a message must be a JSON object, got {type(msg).__name__}")
     kind = msg.get("type")
@@ -155,6 +166,44 @@ def parse_client_text(raw: Union[str, bytes]) -> ClientMessage:
         _schema_or_error(msg, "ping.json", "ping")
         return PingMessage(msg.get("id"))
     return _parse_hello(msg)
+
+
+def _check_bounds(value: Any, where: str, depth: int) -> None:
+    """Refuse nesting beyond MAX_JSON_DEPTH, strings beyond MAX_STRING_CHARS and text that is not valid Unicode.
+
+    Runs before the schema so that no later step (schema checks, hmac, sending an echo) meets such input.
+    """
+    name = where or "<message>"
+    if isinstance(value, (dict, list)):
+        if depth > MAX_JSON_DEPTH:
+            raise ProtocolError(
+                "bad_message", f"field '{name}' nests arrays/objects deeper than the limit of {MAX_JSON_DEPTH} levels"
+            )
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            path = f"{where}.{key}" if where else str(key)
+            if isinstance(key, str):
+                _check_text(key, f"key of {name}" if where else "key")
+            _check_bounds(item, path[:80], depth + 1)
+    elif isinstance(value, str):
+        _check_text(value, name)
+
+
+def _check_text(text: str, name: str) -> None:
+    if len(text) > MAX_STRING_CHARS:
+        raise ProtocolError(
+            "bad_message",
+            f"field '{name}' is {len(text)} characters long; strings are limited to {MAX_STRING_CHARS} characters",
+        )
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ProtocolError(
+                "bad_message",
+                f"field '{name}' is not valid Unicode (it contains a lone surrogate escape such as \\udcff); "
+                "send UTF-8 text",
+            ) from None
 
 
 def _parse_hello(msg: dict[str, Any]) -> Union[PublisherHello, SubscriberHello]:

@@ -124,9 +124,25 @@ def _describe(error: Any) -> tuple[str, str]:
         return field, f"field '{field}' must be of type {error.validator_value}, got {got}{value}"
     if kind == "pattern":
         return field, f"field '{field}' must match {error.validator_value}, got {short_json(error.instance)}"
+    if kind in ("maxLength", "minLength"):
+        size = len(error.instance) if isinstance(error.instance, str) else 0
+        bound = "at most" if kind == "maxLength" else "at least"
+        return field, f"field '{field}' is {size} characters long; {bound} {error.validator_value} accepted"
+    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+        op = {"minimum": ">=", "maximum": "<=", "exclusiveMinimum": ">", "exclusiveMaximum": "<"}[kind]
+        return field, f"field '{field}' must be {op} {error.validator_value}, got {short_json(error.instance)}"
+    if kind in ("maxProperties", "minProperties", "maxItems", "minItems"):
+        bound = "at most" if kind.startswith("max") else "at least"
+        what = "entries" if "Properties" in kind else "items"
+        size = len(error.instance) if isinstance(error.instance, (dict, list)) else 0
+        return field, f"field '{field}' has {size} {what}; {bound} {error.validator_value} accepted"
     if kind == "not" and isinstance(error.instance, dict) and {"resume", "last_seq"} <= set(error.instance):
         return "resume", "give either 'resume' or 'last_seq', not both"
-    return field, f"field '{field or '<message>'}': {error.message[:200]}"
+    # Never quote the instance first: it may be megabytes, and the rule must survive any shortening.
+    return field, (
+        f"field '{field or '<message>'}' breaks the schema rule {kind!r} ({short_json(error.validator_value)}), "
+        f"got {short_json(error.instance)}"
+    )
 
 
 def check(message: Mapping[str, Any], file_name: str) -> None:

@@ -206,3 +206,26 @@ def test_waiting_subscriber_of_a_never_started_session_leaves_no_trace() -> None
     assert bus.state("later") is None and bus.subscriber_count() == 1
     sub.close()
     assert bus.subscriber_count() == 0 and bus.sessions() == {}
+
+
+def test_tenants_see_only_their_own_sessions_and_none_means_every_tenant() -> None:
+    async def scenario() -> None:
+        bus = EventBus()
+        waiting_b = bus.subscribe("a1", tenant="B")  # a1 is not known yet: allowed to wait
+        star_a, star_b, star_all = bus.subscribe(ALL, tenant="A"), bus.subscribe(ALL, tenant="B"), bus.subscribe(ALL)
+        bus.start_session("a1", P.make_session_start("a1", None, False, 16000, 0.0), "A")
+        bus.start_session("b1", P.make_session_start("b1", None, False, 16000, 0.0), "B")
+        assert waiting_b.refusal is not None and waiting_b.refusal.code == "forbidden"
+        with pytest.raises(SubscriptionDropped, match="another tenant"):
+            waiting_b.get_nowait()
+        assert {i.session for i in drain(star_a)} == {"a1"} and {i.session for i in drain(star_b)} == {"b1"}
+        assert {i.session for i in drain(star_all)} == {"a1", "b1"}
+        assert set(bus.sessions("A")) == {"a1"} and set(bus.sessions()) == {"a1", "b1"}
+        assert {i.session for i in drain(bus.subscribe(ALL, {}, tenant="B"))} == {"b1"}
+        for args in (("a1",), (ALL, {"a1": 0}), ("a1", {"a1": 0})):
+            with pytest.raises(P.ProtocolError) as info:
+                bus.subscribe(*args, tenant="B")
+            assert info.value.code == "forbidden" and "another tenant" in info.value.message
+        assert bus.dropped_count == 0  # a refusal is not a slow-subscriber drop
+
+    asyncio.run(scenario())

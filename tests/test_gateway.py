@@ -119,7 +119,17 @@ async def running(sink: ScriptedSink, **overrides: Any):
 
 
 def url(gw: Gateway) -> str:
-    return f"ws://127.0.0.1:{gw.port}/"
+    return f"{gw.scheme}://127.0.0.1:{gw.port}/"
+
+
+def dial(gw: Gateway, source: Optional[str] = None, **kwargs: Any):
+    """Connect to the gateway (over TLS when it serves wss://); source: a local address such as 127.0.0.2,
+    so that per-address limits can be tried without touching the healthy session's 127.0.0.1."""
+    if gw.scheme == "wss":
+        kwargs.setdefault("ssl", getattr(gw, "client_ssl", None))
+    if source is not None:
+        kwargs["local_addr"] = (source, 0)
+    return connect(url(gw), **kwargs)
 
 
 async def recv_json(ws: ClientConnection, timeout: float = 5.0) -> dict:
@@ -129,7 +139,7 @@ async def recv_json(ws: ClientConnection, timeout: float = 5.0) -> dict:
 
 
 async def publisher(gw: Gateway, session: str, token: str = TOKEN, rate: int = 16000, **extra: Any) -> ClientConnection:
-    ws = await connect(url(gw))
+    ws = await dial(gw)
     hello = {
         "type": "hello",
         "version": 1,
@@ -146,7 +156,7 @@ async def publisher(gw: Gateway, session: str, token: str = TOKEN, rate: int = 1
 
 async def subscriber(gw: Gateway, session: str, token: str = TOKEN, paused: bool = False, **extra: Any):
     """paused: the client library stops reading from the socket as soon as one message waits unread."""
-    ws = await connect(url(gw), max_queue=1 if paused else 16)
+    ws = await dial(gw, max_queue=1 if paused else 16)
     await ws.send(
         json.dumps({"type": "hello", "version": 1, "token": token, "role": "subscriber", "session": session, **extra})
     )
@@ -386,7 +396,7 @@ def test_stop_ends_live_sessions_and_subscribers_get_their_last_events() -> None
         await gw.start()
         sub, _ = await subscriber(gw, "live")
         pub = await publisher(gw, "live")
-        lurker = await connect(url(gw))  # never says hello
+        lurker = await dial(gw)  # never says hello
         await send_audio(pub, 0.1)
         await asyncio.sleep(0.05)
         await asyncio.wait_for(gw.stop(), 3)  # does not wait for the lurker's idle timeout
@@ -447,8 +457,8 @@ def hello(role: str = "publisher", **over: Any) -> str:
     return json.dumps({k: v for k, v in msg.items() if v is not None})
 
 
-async def raw(gw: Gateway, first: Optional[str | bytes] = None) -> ClientConnection:
-    ws = await connect(url(gw))
+async def raw(gw: Gateway, first: Optional[str | bytes] = None, source: Optional[str] = None) -> ClientConnection:
+    ws = await dial(gw, source)
     if first is not None:
         await ws.send(first)
     return ws
@@ -490,6 +500,33 @@ async def case_bad_version(gw, sink, live) -> None:
 async def case_bad_token(gw, sink, live) -> None:
     await expect_error(await raw(gw, hello(token="guess")), "bad_token", True, "token")
     assert gw.bus.state("bad") is None
+
+
+async def case_forbidden(gw, sink, live) -> None:
+    await live.wait()  # "good" is TOKEN's; TOKEN_B is another tenant (each plain token is its own)
+    await expect_error(await raw(gw, hello("subscriber", session="good", token=TOKEN_B)), "forbidden", True,
+                       "another tenant")
+    await expect_error(await raw(gw, hello("subscriber", session="*", token=TOKEN_B, resume={"good": 0})),
+                       "forbidden", True, "'good'")
+    star, welcome = await subscriber(gw, "*", token=TOKEN_B, resume={})
+    assert welcome["type"] == "welcome" and welcome["sessions"] == {}
+    own = await publisher(gw, "b-own", token=TOKEN_B)
+    await send_audio(own, 0.1)
+    await finish(own)
+    events = await collect(star, {"b-own"})
+    assert {e["session"] for e in events} == {"b-own"}  # the other tenant's "good" never shows up
+    await star.close()
+
+
+async def case_too_many_hellos(gw, sink, live) -> None:
+    answers = []
+    for _ in range(4):  # burst 3 from 127.0.0.2; the healthy session connects from 127.0.0.1
+        ws = await raw(gw, hello(token="guess"), source="127.0.0.2")
+        answers.append((await recv_json(ws))["code"])
+        await ws.close()
+    assert answers == ["bad_token"] * 3 + ["too_many_hellos"]
+    ws = await raw(gw, hello(token="guess"), source="127.0.0.2")
+    await expect_error(ws, "too_many_hellos", True, "hello_rate_per_address", "127.0.0.2")
 
 
 async def case_unknown_session(gw, sink, live) -> None:
@@ -612,6 +649,9 @@ CASES: dict[str, Callable[..., Awaitable[None]]] = {
 }
 
 
+EXTRA_LIMITS: dict[str, dict[str, Any]] = {"too_many_hellos": dict(hello_rate_per_address=0.5, hello_burst_per_address=3)}
+
+
 def test_every_error_code_is_exercised() -> None:
     assert set(CASES) == set(P.ERROR_CODES)
 
@@ -621,7 +661,7 @@ def test_protocol_error_is_answered_while_another_session_goes_on(code: str) -> 
     async def scenario() -> None:
         sink = ScriptedSink(every=5, at_end=2, end_delay=0.05)
         limits = dict(idle_timeout_s=0.4, max_message_bytes=65536, max_video_fps=5, max_sessions_per_token=2,
-                      max_subscribers_per_token=2)
+                      max_subscribers_per_token=2, **EXTRA_LIMITS.get(code, {}))
         async with running(sink, **limits) as gw:
             live = asyncio.Event()
             await asyncio.gather(healthy_session(gw, live), CASES[code](gw, sink, live))

@@ -133,6 +133,19 @@ def test_text_errors_name_the_problem_and_what_is_accepted() -> None:
     expect("bad_message", '{"type":"end","extra":1}', "extra")
 
 
+def test_hostile_text_is_bad_message_naming_the_limit() -> None:
+    expect("bad_message", "[" * 100_000, "deeper than the limit of 8")
+    expect("bad_message", '{"type":"ping","id":' + "[" * 9 + "]" * 9 + "}", "field 'id.0", "limit of 8")
+    expect("bad_message", hello_pub(token="\udcff"), "'token' is not valid Unicode")
+    expect("bad_message", '{"type":"ping","id":"\\ud800"}', "'id' is not valid Unicode")
+    expect("bad_message", hello_pub(token="t" * 900_000), "'token' is 900000 characters long", "1024")
+    expect("bad_message", hello_pub(speaker="s" * 900), "'speaker' is 900 characters long; at most 128")
+    expect("bad_message", hello_pub(token="t" * 513), "'token' is 513 characters long; at most 512")
+    expect("bad_message", '{"type":"ping","id":"' + "i" * 129 + '"}', "'id'", "at most 128")
+    expect("bad_message", '{"type":"ping","id":' + "9" * 20 + "}", "<= 9007199254740991")
+    assert P.parse_client_text('{"type":"ping","id":9007199254740991}') == P.PingMessage(9007199254740991)
+
+
 # ------------------------------------------------------------ binary messages
 
 

@@ -3,12 +3,15 @@
 The video actor detects a face in every kept frame while speech goes on
 (`stream.crop_fps` per session), on the same CPU cores as the ASR, so its cost
 per frame sets how much of the machine four live sessions leave to the ASR.
-`encoders.video.detect_side` picks the size; this prints, for each size asked
-for, the CPU and wall time per frame and how many frames had a face, as JSON.
+`encoders.video.detector` picks the detector (the lite profile's: BlazeFace,
+whose input size is fixed) and `encoders.video.detect_side` the size the Haar
+cascade shrinks frames to; this prints, for each size asked for, the CPU and
+wall time per frame and how many frames had a face, as JSON.
 It also times the frames in video order through one FaceTracker, as a live
 session's frames go: most are then searched only near the face found before.
 
-    python -m actors.bench_faces demo/samples/conversation.mp4 --sides 480 320 240
+    python -m actors.bench_faces demo/samples/conversation.mp4
+    python -m actors.bench_faces demo/samples/conversation.mp4 --detector haar --sides 480 320 240
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from typing import Any, Optional, Sequence
 
 import numpy as np
 
-from magtkd_stream.encoders.face import FaceTracker, HaarFaceDetector
+from magtkd_stream.encoders.face import FaceTracker, make_detector
 
 
 def sample_frames(path: Path, count: int) -> list[np.ndarray]:
@@ -45,9 +48,10 @@ def sample_frames(path: Path, count: int) -> list[np.ndarray]:
     return [frames[i] for i in picks]
 
 
-def measure(frames: Sequence[np.ndarray], side: int, repeats: int = 3) -> dict[str, Any]:
-    """Best of `repeats` passes over the frames at one detection size (a warm-up pass first)."""
-    detector = HaarFaceDetector(max_side=side)
+def measure(frames: Sequence[np.ndarray], side: Optional[int], kind: str = "haar",
+            repeats: int = 3) -> dict[str, Any]:
+    """Best of `repeats` passes over the frames at one detection size (None: BlazeFace's own; a warm-up pass first)."""
+    detector = make_detector(kind) if side is None else make_detector(kind, side)
     found = sum(bool(detector.detect(f)) for f in frames)  # warm-up; also counts the frames with a face
     cpu, wall = [], []
     for _ in range(repeats):
@@ -73,13 +77,18 @@ def measure(frames: Sequence[np.ndarray], side: int, repeats: int = 3) -> dict[s
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m actors.bench_faces", description=__doc__.split("\n\n")[0])
     parser.add_argument("video", type=Path, help="video file whose frames are measured")
-    parser.add_argument("--sides", type=int, nargs="+", default=[480, 320, 240],
-                        help="longest sides to shrink frames to before detection (default 480 320 240)")
+    parser.add_argument("--detector", choices=("blazeface", "haar"), default="blazeface",
+                        help="face detector (default blazeface, the lite profile's)")
+    parser.add_argument("--sides", type=int, nargs="+", default=None,
+                        help="haar only: longest sides to shrink frames to before detection (default 480 320 240)")
     parser.add_argument("--frames", type=int, default=40, help="frames spread over the video (default 40)")
     parser.add_argument("--out", type=Path, help="also write the JSON report here")
     args = parser.parse_args(argv)
     if not args.video.is_file():
         parser.error(f"{args.video}: no such file")
+    if args.detector == "blazeface" and args.sides is not None:
+        parser.error("--sides applies to --detector haar only; BlazeFace's input size is fixed")
+    args.sides = args.sides or [480, 320, 240]
     if args.frames < 1 or any(s < 64 for s in args.sides):
         parser.error("--frames must be >= 1 and every --sides value >= 64 pixels")
     try:
@@ -89,12 +98,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     import cv2
 
     report = {
-        "benchmark": "Haar face detection per frame, by detection size",
+        "benchmark": f"{'BlazeFace' if args.detector == 'blazeface' else 'Haar'} face detection per frame"
+                     + (", by detection size" if args.detector == "haar" else ""),
         "video": str(args.video),
         "frame_shape": list(frames[0].shape),
         "opencv_threads": cv2.getNumThreads(),
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
-        "results": [measure(frames, side) for side in args.sides],
+        "results": [measure(frames, None, "blazeface")] if args.detector == "blazeface"
+        else [measure(frames, side, "haar") for side in args.sides],
     }
     text = json.dumps(report, indent=2)
     print(text)

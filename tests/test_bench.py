@@ -69,13 +69,21 @@ def test_face_detection_benchmark_reports_each_size_and_names_bad_input(tmp_path
     from actors.bench_faces import main as bench_faces
 
     out = tmp_path / "faces.json"
-    assert bench_faces([str(SAMPLE), "--frames", "3", "--sides", "320", "160", "--out", str(out)]) == 0
+    assert bench_faces([str(SAMPLE), "--frames", "3", "--out", str(out)]) == 0  # the service's detector
     report = json.loads(out.read_text(encoding="utf-8"))
-    assert [r["side"] for r in report["results"]] == [320, 160]
-    assert report["results"][0]["frames"] == 3 and report["results"][0]["frames_with_face"] == 3
-    assert all(r["cpu_ms_per_frame"] > 0 for r in report["results"])
-    first = report["results"][0]  # tracked: one whole-frame search, then two near the face found
+    assert report["benchmark"].startswith("BlazeFace") and [r["side"] for r in report["results"]] == [None]
+    first = report["results"][0]  # every line of the sample shows its speaker's face
+    assert first["frames"] == 3 and first["frames_with_face"] == 3 and first["cpu_ms_per_frame"] > 0
     assert first["tracked_frames_with_face"] == 3 and first["tracked_whole_frame_searches"] >= 1
+    assert bench_faces([str(SAMPLE), "--frames", "3", "--detector", "haar", "--sides", "320", "160",
+                        "--out", str(out)]) == 0
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["benchmark"].startswith("Haar") and [r["side"] for r in report["results"]] == [320, 160]
+    assert all(r["frames"] == 3 and r["cpu_ms_per_frame"] > 0 for r in report["results"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        bench_faces([str(SAMPLE), "--sides", "320"])
+    assert exit_info.value.code == 2 and "--detector haar" in capsys.readouterr().err
     not_video = tmp_path / "notes.txt"
     not_video.write_text("no frames here", encoding="utf-8")
     capsys.readouterr()

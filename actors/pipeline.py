@@ -7,7 +7,10 @@ a crashed actor (max_restarts) but never retries a call (max_task_retries=0),
 so the utterance that was in flight is reported failed instead of being
 silently recomputed or dropped. `Pipeline.call` is the one way the sink talks
 to actors: it picks a replica, waits out a restart with a short backoff, and
-turns actor deaths and timeouts into ActorCallError.
+turns actor deaths and timeouts into ActorCallError. While calls are being
+made, every actor is also pinged every `stream.watch_every_s`, so one that died
+while idle is known to be restarting before the next utterance needs it: that
+call waits for the restart instead of failing.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class ActorSlot:
     suspect: bool = False  # a call failed: wait for the actor to answer again before the next one
     dead: bool = False  # restarts exhausted
     ready: Optional[asyncio.Task] = field(default=None, repr=False)
+    probing: bool = False  # a watch ping is out
 
 
 def _remote(cls: type, res: ActorResources, stream: StreamConfig) -> Any:
@@ -84,6 +88,7 @@ class Pipeline:
         self.info = info  # model, labels, window, audio_from_asr
         self.owns_ray = owns_ray
         self._turn: dict[str, int] = {k: 0 for k in slots}
+        self._watcher: Optional[asyncio.Task] = None
         self.stopped = False
 
     # ------------------------------------------------------------ lifecycle
@@ -241,6 +246,7 @@ class Pipeline:
 
     async def call(self, kind: str, method: str, *args: Any, key: Optional[str] = None) -> Any:
         """Call `method` on a `kind` actor; ActorCallError when the actor dies, is restarting too long, or times out."""
+        self._watch()
         slot = self._pick(kind, key)
         if slot.dead:
             raise ActorCallError(f"{slot.name} is dead (Ray gave up restarting it)")
@@ -264,6 +270,35 @@ class Pipeline:
             slot.suspect = True  # Ray restarts it (or declares it dead, which the next call finds out)
             cause = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise ActorCallError(f"{slot.name} failed during {method}: {type(exc).__name__}: {cause}"[:500]) from None
+
+    def _watch(self) -> None:
+        """Keep one watcher task per event loop that calls are made from."""
+        loop = asyncio.get_running_loop()
+        w = self._watcher
+        if w is None or w.done() or w.get_loop() is not loop:
+            self._watcher = loop.create_task(self._watch_loop(), name="pipeline-watch")
+
+    async def _watch_loop(self) -> None:
+        """Ping every actor that is not known to be down; a failed ping marks it suspect (restarting)."""
+        while not self.stopped:
+            for slot in [s for group in self.slots.values() for s in group]:
+                if not (slot.dead or slot.suspect or slot.probing):
+                    slot.probing = True
+                    asyncio.get_running_loop().create_task(self._probe(slot))
+            await asyncio.sleep(self.stream.watch_every_s)
+
+    async def _probe(self, slot: ActorSlot) -> None:
+        try:
+            await asyncio.wrap_future(slot.handle.ping.remote().future())  # a busy actor answers late: fine
+        except RayActorError as exc:
+            if not slot.suspect:
+                log.warning("%s stopped answering (%s); calls wait for its restart",
+                            slot.name, type(exc).__name__)
+            slot.suspect = True
+        except Exception as exc:  # e.g. the pipeline was stopped
+            log.debug("watch ping of %s: %s", slot.name, exc)
+        finally:
+            slot.probing = False
 
     async def _await_ready(self, slot: ActorSlot) -> None:
         """Ping with growing pauses until the restarted actor answers, or restart_wait_s runs out."""

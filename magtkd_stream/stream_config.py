@@ -80,6 +80,7 @@ class StreamConfig:
     max_restarts: int = 3  # Ray restarts of a crashed actor before it is declared dead
     call_timeout_s: float = 60.0  # an actor call taking longer fails its utterance
     restart_wait_s: float = 60.0  # how long a call waits for a restarting actor before failing
+    watch_every_s: float = 0.5  # actors are pinged this often, so one that died idle is waited for
     log_to_driver: bool = False  # stream actor logs to the driver's console
     gateway: dict[str, Any] = field(default_factory=dict)  # websocket limits, validated by the gateway
 
@@ -94,7 +95,7 @@ class StreamConfig:
                f"must be in [0, 60] frames per second (0 = crop at the utterance's end), got {self.crop_fps!r}")
         _check(_number(self.interim_every_s) and self.interim_every_s >= 0, "interim_every_s",
                f"must be >= 0 seconds (0 = no interim events), got {self.interim_every_s!r}")
-        for key in ("call_timeout_s", "restart_wait_s"):
+        for key in ("call_timeout_s", "restart_wait_s", "watch_every_s"):
             value = getattr(self, key)
             _check(_number(value) and value > 0, key, f"must be > 0 seconds, got {value!r}")
         _check(isinstance(self.log_to_driver, bool), "log_to_driver", f"must be true or false, got {self.log_to_driver!r}")

@@ -280,6 +280,44 @@ def test_killed_encoder_fails_its_utterance_and_the_session_goes_on(tiny: Pipeli
     assert text["state"] == "alive" and text["pid"] > 0 and text["host"]  # the restarted actor's process
 
 
+def sample_face() -> np.ndarray:
+    """A frame of the sample with a speaker's photograph: a face the video actor crops."""
+    sample = Path(__file__).resolve().parent.parent / "demo" / "samples" / "conversation.mp4"
+    with av.open(str(sample)) as container:
+        return next(container.decode(video=0)).to_ndarray(format="bgr24")
+
+
+async def push_with_video(sink: PipelineSink, session: str, audio: np.ndarray, face: np.ndarray) -> None:
+    """Audio with 10 frames a second of media, as a publisher with a camera sends them."""
+    for i in range(0, audio.size, 1600):
+        await sink.video(session, i / SR, face)
+        await sink.audio(session, audio[i : i + 1600])
+
+
+@pytest.mark.parametrize("kind", ["asr", "text", "audio", "video", "fusion"])
+def test_an_actor_killed_while_idle_costs_no_utterance(tiny: Pipeline, kind: str) -> None:
+    col = Collector()
+    session = f"idle-{kind}"
+    col.start(session)
+    face = sample_face()
+
+    async def main() -> None:
+        sink = PipelineSink(tiny, col.publish)
+        await sink.open(session, None, True)
+        await push_with_video(sink, session, conversation(FIRST), face)
+        await col.wait_for(lambda e: e["type"] == "emotion" and e["utterance"] == 0)
+        ray.kill(tiny.handles(kind)[0], no_restart=False)
+        await asyncio.sleep(2.0)  # no call in flight: the actor dies between two utterances
+        await push_with_video(sink, session, np.concatenate([synth_speech(SECOND), silence(1.0)]), face)
+        await sink.end(session)
+
+    asyncio.run(main())
+    emotions = col.of(session, "emotion")
+    assert [(e["utterance"], e["status"], e.get("error")) for e in emotions] == [(0, "ok", None), (1, "ok", None)]
+    assert emotions[1]["present"] == emotions[0]["present"] == ["text", "audio", "video"]
+    assert tiny.health()["actors"][f"{kind}#0"]["state"] == "alive"
+
+
 def test_stream_config_names_bad_keys() -> None:
     from magtkd_stream.config import ConfigError
 

@@ -10,6 +10,7 @@ for it. The wire format is docs/PROTOCOL.md (magtkd_stream/protocol.py).
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import logging
 import os
@@ -266,6 +267,7 @@ class Gateway:
         self._subscribers: dict[ServerConnection, Subscription] = {}
         self._subs_by_token: dict[str, int] = {}  # subscriber connections per token
         self._handlers: set[asyncio.Task] = set()
+        self.errors_sent: collections.Counter[str] = collections.Counter()  # by code, for the metrics
         self.guard = ConnectionGuard(
             config.max_connections,
             config.max_connections_per_address,
@@ -362,6 +364,7 @@ class Gateway:
             raise ProtocolError("oversized", f"{what} of {size} bytes exceeds {name} {limit}")
 
     def _error_dict(self, exc: ProtocolError, session: Optional[str] = None) -> dict[str, Any]:
+        self.errors_sent[exc.code] += 1
         return error_message(exc, session if session not in (None, ALL) else None)
 
     def _welcome(self, role: str, session: str, sessions: Optional[dict[str, Any]] = None) -> dict[str, Any]:

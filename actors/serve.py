@@ -22,6 +22,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from actors.gateway import TOKENS_ENV, Gateway, GatewayConfig
 from actors.local_devices import LocalSession, open_devices
+from actors.metrics import MetricsServer
 from actors.pipeline import Pipeline
 from actors.run_file import format_event
 from actors.sink import PipelineSink
@@ -103,8 +104,12 @@ async def serve(
     session: str = "local",
     stop: Optional[asyncio.Event] = None,
     out: Callable[[str], Any] = print,
+    metrics_port: Optional[int] = None,
 ) -> None:
-    """Serve until `stop` is set, or SIGINT / SIGTERM when `stop` is None; then shut down gracefully."""
+    """Serve until `stop` is set, or SIGINT / SIGTERM when `stop` is None; then shut down gracefully.
+
+    metrics_port: also serve /metrics (Prometheus) and /healthz on this port of gw_cfg.host (0: any free port).
+    """
     loop = asyncio.get_running_loop()
     own_signals = stop is None
     stop = stop or asyncio.Event()
@@ -127,6 +132,7 @@ async def serve(
     gateway = Gateway(gw_cfg, sink)
     local: Optional[LocalSession] = None
     printer: Optional[asyncio.Task] = None
+    metrics: Optional[MetricsServer] = None
     try:
         try:
             await gateway.start()
@@ -134,6 +140,12 @@ async def serve(
             raise ServeError(f"cannot listen on {gw_cfg.host}:{gw_cfg.port}: {exc}") from None
         host = f"[{gw_cfg.host}]" if ":" in gw_cfg.host else gw_cfg.host
         out(f"serving {gateway.scheme}://{host}:{gateway.port}/ (protocol v1; Ctrl-C to stop)")
+        if metrics_port is not None:
+            try:
+                metrics = MetricsServer(gateway, loop, pipeline.health, gw_cfg.host, metrics_port).start()
+            except OSError as exc:
+                raise ServeError(f"cannot serve metrics on {gw_cfg.host}:{metrics_port}: {exc}") from None
+            out(f"metrics on http://{host}:{metrics.port}/metrics, health on http://{host}:{metrics.port}/healthz")
         health = await pipeline.health_async()
         out(describe_health(health))
         log.debug("health: %s", json.dumps(health))
@@ -152,6 +164,8 @@ async def serve(
         if printer is not None:
             await asyncio.wait_for(printer, 5.0)
     finally:
+        if metrics is not None:
+            metrics.stop()
         if local is not None:  # cancelled or failed mid-way: release the devices at least
             local.mic.close()
             if local.camera is not None:
@@ -181,6 +195,10 @@ def serve_cli(cfg: Config, args: Any) -> int:
     if not tokens:
         _err(NO_TOKEN.format(env=TOKENS_ENV))
         return EXIT_USAGE
+    port = getattr(args, "metrics_port", None)
+    if port is not None and not (0 <= port <= 65535) or (port and port == gw_cfg.port):
+        _err(f"--metrics-port {port}: must be in [0, 65535] and differ from the websocket port {gw_cfg.port}")
+        return EXIT_USAGE
     if (args.mic or args.camera) and not SESSION_ID.fullmatch(args.session):
         _err(f"--session {args.session!r} is not a valid session id: 1-64 of A-Z a-z 0-9 _ . -")
         return EXIT_USAGE
@@ -202,7 +220,8 @@ def serve_cli(cfg: Config, args: Any) -> int:
             _err(f"the pipeline could not start: {exc}")
             return EXIT_FAILED
         asyncio.run(serve(pipeline, gw_cfg, mic=mic, camera=camera, session=args.session,
-                          out=lambda line: print(line, flush=True)))
+                          out=lambda line: print(line, flush=True),
+                          metrics_port=getattr(args, "metrics_port", None)))
         print("stopped", flush=True)
         return EXIT_OK
     except ServeError as exc:

@@ -215,6 +215,7 @@ class EventBus:
         self._ended: OrderedDict[str, None] = OrderedDict()  # ended sessions, oldest first
         self._all: set[Subscription] = set()
         self.dropped_count = 0
+        self.observers: list[Callable[[BusEvent], None]] = []  # told of every published event (metrics)
 
     # ------------------------------------------------------------ sessions
 
@@ -316,6 +317,11 @@ class EventBus:
                     f"subscriber queue full ({self.subscriber_queue} events waiting): the client reads too slowly; "
                     "reconnect with resume to catch up from the replay buffer",
                 )
+        for observe in self.observers:
+            try:
+                observe(item)
+            except Exception:  # an observer's bug must not cost the event
+                log.exception("event observer failed on %s seq %d", session, lg.seq)
         return lg.seq
 
     def _expire(self) -> None:

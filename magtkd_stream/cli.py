@@ -57,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", default=None, metavar="PEM", help="private key of --tls-cert")
     serve.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
                        help="accepted browser Origin, e.g. https://app.example.com (repeatable; default: any)")
+    serve.add_argument("--metrics-port", type=int, default=None, metavar="PORT",
+                       help="also serve Prometheus /metrics and JSON /healthz over HTTP on this port (default: off)")
     serve.add_argument("--mic", action="store_true", help="also publish this machine's microphone as a session")
     serve.add_argument("--camera", action="store_true", help="also publish this machine's camera (with --mic)")
     serve.add_argument("--session", default="local", help="session id for --mic/--camera")

@@ -71,7 +71,8 @@ class Server:
     def __init__(self) -> None:
         self.tag = uuid.uuid4().hex
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "magtkd_stream.cli", "serve", "--config", "tiny", "--port", "0", "--token", TOKEN],
+            [sys.executable, "-m", "magtkd_stream.cli", "serve", "--config", "tiny", "--port", "0", "--token", TOKEN,
+             "--metrics-port", "0"],
             cwd=ROOT, env=tagged_env(self.tag), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             start_new_session=True,
         )
@@ -108,6 +109,20 @@ class Server:
                 proc.kill()
             except psutil.NoSuchProcess:
                 pass
+
+
+METRICS_LINE = re.compile(r"^metrics on (http://[^/]+)/metrics")
+
+
+def http_get(url: str) -> tuple[int, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=10) as reply:
+            return reply.status, reply.read().decode("utf-8")
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode("utf-8")
 
 
 def speech_with_pauses() -> np.ndarray:
@@ -155,7 +170,16 @@ def test_serve_runs_a_websocket_session_and_stops_cleanly_on_sigint() -> None:
     try:
         url = server.wait_line(URL_LINE, timeout=75.0).group(1)
         server.wait_line(re.compile(r"^health: ok"), timeout=10.0)
+        metrics_url = server.wait_line(METRICS_LINE, timeout=10.0).group(1)
+        health = json.loads(http_get(metrics_url + "/healthz")[1])
+        assert health["ok"] and health["gateway"] == "serving" and health["pipeline"]["ok"], health
+        assert set(health["pipeline"]["actors"]) == {"asr#0", "text#0", "audio#0", "video#0", "fusion#0"}
         ended, events = asyncio.run(asyncio.wait_for(one_session(url, "talk"), 60.0))
+        status, text = http_get(metrics_url + "/metrics")
+        emotions = sum(e["type"] == "emotion" for e in events)
+        assert status == 200 and f'magtkd_events_total{{type="emotion"}} {float(emotions)}' in text, text
+        assert f"magtkd_e2e_latency_ms_count {float(emotions)}" in text
+        assert 'magtkd_stage_latency_ms_count{stage="asr"}' in text and 'magtkd_sessions{state="ended"} 1.0' in text
 
         kinds = [e["type"] for e in events]
         assert kinds[0] == "session_start" and kinds[-1] == "session_end"

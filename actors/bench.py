@@ -96,6 +96,7 @@ class SessionRun:
     events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)  # (received wall, event)
     video_sent: int = 0
     error: Optional[str] = None
+    last_seq: Optional[int] = None  # the publisher's `ended`: the seq of the session's last event
 
     def sent_at(self, media_s: float) -> Optional[float]:
         """Wall time the audio at `media_s` was sent (the frame holding it; the last one past the end)."""
@@ -154,6 +155,7 @@ async def run_session(url: str, token: str, run: SessionRun, messages: Sequence[
             while True:
                 msg = await _recv_json(pub, timeout_s)
                 if msg.get("type") == "ended":
+                    run.last_seq = msg.get("last_seq")
                     break
                 if msg.get("type") == "error" and msg.get("fatal"):
                     raise RuntimeError(f"publisher got a fatal error: {msg}")
@@ -205,10 +207,11 @@ def _actor_processes() -> list[Any]:
 class RssSampler:
     """Samples the summed RSS of this process and the actor processes every `period_s`; keeps the peak."""
 
-    def __init__(self, period_s: float = 0.5) -> None:
+    def __init__(self, period_s: float = 0.5, keep_series: bool = False) -> None:
         import psutil
 
         self.period_s = period_s
+        self.series: Optional[list[tuple[float, float]]] = [] if keep_series else None  # (wall, total MB)
         self.me = psutil.Process()
         self.actors = _actor_processes()
         self.peak = {"total_mb": 0.0, "driver_mb": 0.0, "actors_mb": 0.0}
@@ -227,6 +230,8 @@ class RssSampler:
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         mb = 1 / (1 << 20)
+        if self.series is not None:
+            self.series.append((time.time(), round((driver + actors) * mb, 1)))
         if (driver + actors) * mb > self.peak["total_mb"]:
             self.peak = {"total_mb": round((driver + actors) * mb, 1), "driver_mb": round(driver * mb, 1),
                          "actors_mb": round(actors * mb, 1)}

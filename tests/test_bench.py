@@ -117,3 +117,48 @@ def test_batch_sizes_come_from_each_actors_counters() -> None:
                          "video#0": {"state": "dead", "error": "gone"}}}
     assert batch_sizes(health) == {"asr#0": {"batches": 4, "items": 10, "mean_batch": 2.5},
                                    "text#0": {"batches": 0, "items": 0, "mean_batch": None}}
+
+
+def test_soak_counts_a_gap_or_a_missing_end_as_lost_and_windows_latency() -> None:
+    from actors.soak import lost_events, rss_growth, windows
+
+    def run(seqs: list[int], last_seq) -> SessionRun:
+        r = SessionRun("s", last_seq=last_seq)
+        r.events = [(0.0, {"type": "transcript", "seq": s}) for s in seqs]
+        return r
+
+    assert lost_events(run([1, 2, 3, 4], 4)) == 0
+    assert lost_events(run([1, 2, 3], 5)) == 2  # the last two never arrived
+    assert lost_events(run([1, 3, 4], 4)) == 4  # a gap: the whole session counts
+    assert lost_events(run([1, 2, 2, 3], 3)) == 3  # a repeat
+    assert lost_events(run([1, 2], None)) == 0  # never ended: a failed pass, counted there
+    rows = [(t, 100.0 + t) for t in range(0, 120, 2)]
+    assert [w["from_min"] for w in windows(rows, 60)] == [0.0, 1.0] and windows(rows, 60)[0]["n"] == 30
+    series = [(float(t), 1000.0 + t / 10) for t in range(0, 600, 10)]
+    assert rss_growth(series, 0.0, 600.0) == pytest.approx((1054.5 - 1021.0) / 1021.0, abs=1e-3)
+
+
+def test_soak_command_runs_sessions_pass_after_pass_and_reports_no_loss(tmp_path: Path) -> None:
+    import json
+    import subprocess
+    import sys
+    import wave
+
+    from speech import synth_speech
+
+    audio = np.concatenate([np.zeros(4000, np.float32), synth_speech("The weather is very nice today."),
+                            np.zeros(8000, np.float32)])
+    media = tmp_path / "short.wav"
+    with wave.open(str(media), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(16000)
+        w.writeframes((np.clip(audio, -1, 1) * 32767).astype("<i2").tobytes())
+    out = tmp_path / "soak.json"
+    proc = subprocess.run([sys.executable, "-m", "actors.soak", "--config", "tiny", "--sessions", "2",
+                           "--minutes", "0.05", "--media", str(media), "--rss-every", "1", "--stagger", "0.2",
+                           "--out", str(out)], cwd=Path(__file__).resolve().parents[1], capture_output=True,
+                          text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(out.read_text(encoding="utf-8"))
+    assert report["passes"] >= 2 and report["passes_failed"] == 0 and report["lost_events"] == 0
+    assert report["utterances"] >= 2 and report["failed_utterances"] == 0
+    assert report["latency_windows"] and report["rss_mb"]["series"] and report["rss_mb"]["peak"] > 0

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Debian packages the project needs: espeak-ng and sox (test speech), ffmpeg,
 # portaudio (to build PyAudio), and the shared libraries OpenCV's wheel loads.
+# EXTRA_DEBIAN_PACKAGES adds more (CI: chromium, for the browser test).
 set -euo pipefail
-pkgs=(espeak-ng sox ffmpeg portaudio19-dev libgl1 libglib2.0-0)
+# shellcheck disable=SC2206
+pkgs=(espeak-ng sox ffmpeg portaudio19-dev libgl1 libglib2.0-0 ${EXTRA_DEBIAN_PACKAGES:-})
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

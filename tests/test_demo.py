@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import os
 import shutil
 import socket
 import subprocess
@@ -511,6 +512,8 @@ def test_web_page_publishes_a_microphone_and_shows_the_events_in_a_browser(gatew
 
     browser = _browser()
     if browser is None:
+        if os.environ.get("MAGTKD_REQUIRE_BROWSER"):
+            pytest.fail("MAGTKD_REQUIRE_BROWSER is set (CI) but no Chromium/Chrome is on PATH")
         pytest.skip("no Chromium/Chrome on PATH; the page cannot be run in a browser here")
     url, sink = gateway
     quiet = type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *a: None})

@@ -374,3 +374,20 @@ def test_face_cnn_needs_a_data_root_with_both_sets(tmp_path: Path, capsys: pytes
     (tmp_path / "faces_muxspace").mkdir()
     msg = _fail(["face-cnn", "--data", str(tmp_path), "--out", str(tmp_path / "out")], capsys)
     assert "fer2013" in msg and not (tmp_path / "out").exists()
+
+
+def test_lite_leaves_the_shipped_checkpoint_alone_unless_export_is_given(tmp_path: Path) -> None:
+    from training.cli import UsageError, _prepare_lite, build_parser
+    from training.lite import DEFAULT_EXPORT
+
+    for sub in ("meld", "ravdess", "fer2013"):
+        (tmp_path / sub).mkdir()
+    parse = build_parser().parse_args
+    assert _prepare_lite(parse(["lite", "--data", str(tmp_path)]), None)["export"] is None
+    assert _prepare_lite(parse(["lite", "--data", str(tmp_path), "--no-export"]), None)["export"] is None
+    there = tmp_path / "out" / "lite.safetensors"
+    assert _prepare_lite(parse(["lite", "--data", str(tmp_path), "--export", str(there)]), None)["export"] == there
+    shipped = parse(["lite", "--data", str(tmp_path), "--export", str(DEFAULT_EXPORT)])
+    assert _prepare_lite(shipped, None)["export"] == DEFAULT_EXPORT  # only when asked for by name
+    with pytest.raises(UsageError, match="not both"):
+        _prepare_lite(parse(["lite", "--data", str(tmp_path), "--export", str(there), "--no-export"]), None)

@@ -148,9 +148,10 @@ def build_parser() -> argparse.ArgumentParser:
     _limits(g)
     g.add_argument("--stage2-limit", action="append", default=[], metavar="SOURCE[:SPLIT]=N",
                    help="at most N dialogues of a source in stage 2 only, e.g. fer2013:train=6000")
-    p.add_argument("--export", type=Path, default=None, help="where to copy the checkpoint "
-                                                              "(default magtkd_stream/assets/lite.safetensors)")
-    p.add_argument("--no-export", action="store_true", help="leave the shipped checkpoint alone")
+    p.add_argument("--export", type=Path, default=None, metavar="PATH",
+                   help="also copy the checkpoint here (e.g. magtkd_stream/assets/lite.safetensors to ship it); "
+                        "default: it stays in the run folder only")
+    p.add_argument("--no-export", action="store_true", help="the default (kept so that older commands run)")
     p.add_argument("--text-from", type=Path, default=None, metavar="CHECKPOINT",
                    help="reuse this streaming checkpoint's trained text teacher instead of fine-tuning it again")
     p.add_argument("--stage1-from", type=Path, default=None, metavar="CHECKPOINT",
@@ -493,7 +494,11 @@ def _prepare_lite(args: argparse.Namespace, cfg: Config) -> dict[str, Any]:
         stage2_limits = Limits.parse(args.stage2_limit)
     except ValueError as exc:
         raise UsageError(f"--stage2-limit: {exc}") from None
-    export = None if args.no_export else (args.export or DEFAULT_EXPORT)
+    if args.no_export and args.export is not None:
+        raise UsageError("lite: give --export PATH or --no-export, not both")
+    export = args.export
+    if export is not None and export.resolve() == DEFAULT_EXPORT.resolve():
+        log.warning("lite: the run's checkpoint will replace the shipped %s", DEFAULT_EXPORT)
     return {"data": LiteData(**paths), "limits": _limits_of(args), "stage2_limits": stage2_limits, "export": export}
 
 

@@ -318,8 +318,11 @@ def run_files(
             pipe.stop()
 
 
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_SPEECH = 0, 1, 2, 3  # documented in `run --help` (magtkd_stream/cli.py)
+
+
 def run_file_cli(cfg: Config, args: Any) -> int:
-    """`magtkd-stream run FILE [FILE ...]`: exit 0 on success, 2 with a one-line reason on bad input."""
+    """`magtkd-stream run FILE [FILE ...]`; returns one of the EXIT_* statuses."""
     files = args.file if isinstance(args.file, (list, tuple)) else [args.file]
     out_dir = getattr(args, "out_dir", None)
     vectors_dir = getattr(args, "vectors_dir", None)
@@ -334,5 +337,11 @@ def run_file_cli(cfg: Config, args: Any) -> int:
                                   speaker=args.speaker or "A", vectors_dir=vectors_dir)
     except (FileNotFoundError, ValueError) as exc:
         print(f"magtkd-stream run: {exc}", file=sys.stderr)
-        return 2
-    return 0 if all(s.get("utterances", 0) > s.get("failed", 0) for s in summaries) else 1
+        return EXIT_USAGE
+    silent = [(f, s) for f, s in zip(files, summaries) if s.get("utterances", 0) == 0]
+    for f, s in silent:
+        print(f"magtkd-stream run: {f}: no speech found in {s.get('media_s', 0):.1f} s of audio (the voice "
+              "detector heard no utterance, so nothing was recognised)", file=sys.stderr)
+    if any(0 < s.get("utterances", 0) <= s.get("failed", 0) for s in summaries):
+        return EXIT_FAILED
+    return EXIT_NO_SPEECH if silent else EXIT_OK

@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="replay an audio or video file through the streaming pipeline")
+    run = sub.add_parser("run", help="replay an audio or video file through the streaming pipeline",
+                         epilog="exit status: 0 recognised; 1 every utterance of a file failed; 2 bad input "
+                                "(the message says what); 3 no speech found in a file")
     run.add_argument("file", type=Path, nargs="+",
                      help="audio or video file(s) (anything FFmpeg decodes); several run in order, one session each")
     run.add_argument("--fast", action="store_true", help="as fast as possible instead of real-time pace")

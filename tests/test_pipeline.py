@@ -460,3 +460,18 @@ def test_shipped_lite_checkpoint_labels_the_sample_as_scripted(ray_local, tmp_pa
     hits = sum(g == w for g, w in zip(got, want))
     assert hits >= SAMPLE_MIN_HITS, f"{hits} of {len(want)} labels as scripted: got {got}, scripted {want}"
     assert len(set(got)) >= 4, f"the labels should vary with the lines: {got}"
+
+
+def test_run_on_a_silent_file_says_no_speech_found_and_exits_3(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    silent = tmp_path / "silence.wav"
+    with wave.open(str(silent), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(SR)
+        w.writeframes(np.zeros(3 * SR, "<i2").tobytes())
+    proc = subprocess.run([sys.executable, "-m", "magtkd_stream.cli", "run", str(silent), "--config", "tiny",
+                           "--fast"], cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    assert f"{silent}: no speech found in 3.0 s of audio" in proc.stderr

@@ -340,11 +340,22 @@ def make_event(kind: str, session: str, **fields: Any) -> dict[str, Any]:
     return {"type": kind, "version": PROTOCOL_VERSION, "session": session, **fields}
 
 
+# Precision of the numbers in events (what the models can tell apart; 17-digit floats only cost bytes):
+PROB_DECIMALS = 4  # probabilities
+TIME_DECIMALS = 3  # media times in seconds (1 ms)
+MS_DECIMALS = 1  # latencies in milliseconds
+
+
+def _probs(probs: Mapping[str, float]) -> dict[str, float]:
+    return {k: round(float(v), PROB_DECIMALS) for k, v in probs.items()}
+
+
 def make_transcript(
     session: str, utterance: int, text: str, speaker: Optional[str], start: float, end: float
 ) -> dict[str, Any]:
     return make_event(
-        "transcript", session, utterance=utterance, text=text, speaker=speaker, start=float(start), end=float(end)
+        "transcript", session, utterance=utterance, text=text, speaker=speaker,
+        start=round(float(start), TIME_DECIMALS), end=round(float(end), TIME_DECIMALS),
     )
 
 
@@ -358,7 +369,7 @@ def modality_result(
     if not present or probs is None:
         return {"present": bool(present), "label": None, "probs": None}
     p = {k: float(v) for k, v in probs.items()}
-    return {"present": True, "label": label or max(p, key=p.__getitem__), "probs": p}
+    return {"present": True, "label": label or max(p, key=p.__getitem__), "probs": _probs(p)}
 
 
 def make_emotion(
@@ -384,15 +395,16 @@ def make_emotion(
         utterance=utterance,
         final=final,
         label=label if label is not None else (max(fused, key=fused.__getitem__) if fused else None),
-        probs=fused,
+        probs=None if fused is None else _probs(fused),
         modalities={m: dict(modalities[m]) for m in MODALITY_NAMES if m in modalities},
         present=[m for m in MODALITY_NAMES if modalities.get(m, {}).get("present")],
-        start=float(start),
-        end=float(end),
+        start=round(float(start), TIME_DECIMALS),
+        end=round(float(end), TIME_DECIMALS),
         speaker=speaker,
         text=text,
         model=model,
-        timing={"stages_ms": {k: float(v) for k, v in stages_ms.items()}, "e2e_ms": float(e2e_ms)},
+        timing={"stages_ms": {k: round(float(v), MS_DECIMALS) for k, v in stages_ms.items()},
+                "e2e_ms": round(float(e2e_ms), MS_DECIMALS)},
         status="failed" if error else "ok",
     )
     if error:
@@ -415,7 +427,7 @@ def make_session_end(
         "session_end",
         session,
         reason=reason,
-        audio_seconds=float(audio_seconds),
+        audio_seconds=round(float(audio_seconds), TIME_DECIMALS),
         video_frames=int(video_frames),
         video_dropped=int(video_dropped),
         ended_at=ended_at,

@@ -296,3 +296,19 @@ def test_resampler_at_native_rate_is_a_plain_conversion() -> None:
     pcm = np.arange(-5, 5, dtype="<i2")
     assert np.array_equal(r.process(pcm.tobytes()), pcm.astype(np.float32) / 32768)
     assert r.flush().size == 0 and r.backend == "none"
+
+
+def test_event_numbers_carry_their_documented_precision() -> None:
+    third = {"anger": 1 / 3, "joy": 1 / 3 + 1e-9, "neutral": 1 / 3 - 1e-9}
+    mods = {"text": P.modality_result(True, third), "audio": P.modality_result(False),
+            "video": P.modality_result(False)}
+    event = P.make_emotion("s", 0, probs=third, modalities=mods, start=1 / 7, end=2 / 7, speaker=None, text="x",
+                           model="m", stages_ms={"asr": 100 / 3}, e2e_ms=1000 / 3)
+    P.validate_event({**event, "seq": 2})
+    assert event["probs"] == {"anger": 0.3333, "joy": 0.3333, "neutral": 0.3333}
+    assert event["label"] == "joy"  # chosen before rounding
+    assert (event["start"], event["end"]) == (0.143, 0.286)
+    assert event["timing"] == {"stages_ms": {"asr": 33.3}, "e2e_ms": 333.3}
+    assert event["modalities"]["text"]["probs"]["anger"] == 0.3333
+    transcript = P.make_transcript("s", 0, "x", None, 1 / 7, 2 / 7)
+    assert (transcript["start"], transcript["end"]) == (0.143, 0.286)

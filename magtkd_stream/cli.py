@@ -49,8 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(run)
 
     serve = sub.add_parser("serve", help="run the websocket service until stopped")
-    serve.add_argument("--host", default="127.0.0.1")
-    serve.add_argument("--port", type=int, default=8765)
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default %(default)s)")
+    serve.add_argument("--port", type=int, default=8765, help="websocket port (default %(default)s; 0: any free port)")
     serve.add_argument("--token", action="append", default=[],
                        help="accepted client token (repeatable); each plain token is its own tenant")
     serve.add_argument("--tokens-file", default=None, metavar="PATH",

@@ -393,6 +393,9 @@ class Gateway:
                 return
             hello, identity = accepted
             ws.protocol.max_message_size = _hard_cap(self.config.max_message_bytes)
+            role = "publisher" if isinstance(hello, PublisherHello) else "subscriber"
+            log.info("%s of session %r accepted from %s (tenant %s)", role, hello.session,
+                     remote_host(ws) or "?", identity.tenant)
             if isinstance(hello, PublisherHello):
                 pub = PublisherSession(self, ws, hello, hello.token, identity.tenant)
                 self._publishers[ws] = pub

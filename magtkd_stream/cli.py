@@ -78,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:  # the gateway logs each hello with its role, session and address instead
+        logging.getLogger("websockets").setLevel(logging.WARNING)
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:

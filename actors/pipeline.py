@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import ray
-from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError
+from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
 from actors.encoders import ASRWorker, EncoderWorker, FusionWorker, checkpoint_path
 from magtkd_stream.config import Config
@@ -251,15 +251,19 @@ class Pipeline:
         if slot.dead:
             raise ActorCallError(f"{slot.name} is dead (Ray gave up restarting it)")
         if slot.suspect:
-            loop = asyncio.get_running_loop()
-            if slot.ready is None or slot.ready.done() or slot.ready.get_loop() is not loop:
-                slot.ready = loop.create_task(self._await_ready(slot))
-            await asyncio.shield(slot.ready)
-            if slot.dead:
-                raise ActorCallError(f"{slot.name} is dead (Ray gave up restarting it)")
+            await self._wait_ready(slot)
         ref = getattr(slot.handle, method).remote(*args)
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(ref.future()), self.stream.call_timeout_s)
+            try:
+                return await asyncio.wait_for(asyncio.wrap_future(ref.future()), self.stream.call_timeout_s)
+            except ActorUnavailableError as exc:
+                if "is restarting" not in str(exc):
+                    raise
+                # Sent while Ray already knew the actor was restarting: it never ran. Wait, then send it once more.
+                slot.suspect = True
+                await self._wait_ready(slot)
+                ref = getattr(slot.handle, method).remote(*args)
+                return await asyncio.wait_for(asyncio.wrap_future(ref.future()), self.stream.call_timeout_s)
         except (asyncio.TimeoutError, TimeoutError):
             try:
                 ray.cancel(ref)
@@ -270,6 +274,15 @@ class Pipeline:
             slot.suspect = True  # Ray restarts it (or declares it dead, which the next call finds out)
             cause = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise ActorCallError(f"{slot.name} failed during {method}: {type(exc).__name__}: {cause}"[:500]) from None
+
+    async def _wait_ready(self, slot: ActorSlot) -> None:
+        """Wait (shared by every caller on this loop) until a suspect actor answers; ActorCallError if it is dead."""
+        loop = asyncio.get_running_loop()
+        if slot.ready is None or slot.ready.done() or slot.ready.get_loop() is not loop:
+            slot.ready = loop.create_task(self._await_ready(slot))
+        await asyncio.shield(slot.ready)
+        if slot.dead:
+            raise ActorCallError(f"{slot.name} is dead (Ray gave up restarting it)")
 
     def _watch(self) -> None:
         """Keep one watcher task per event loop that calls are made from."""

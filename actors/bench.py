@@ -181,6 +181,12 @@ def run_clients(url: str, token: str, sessions: int, messages: Sequence[Message]
 # ---------------------------------------------------------------- memory
 
 
+def _cpu_seconds(proc: Any) -> float:
+    """User + system CPU seconds of one process and its threads."""
+    t = proc.cpu_times()
+    return float(t.user + t.system)
+
+
 def _actor_processes() -> list[Any]:
     """This Ray node's actor processes of the recognizer (children of the raylet of our session)."""
     import psutil
@@ -212,6 +218,9 @@ class RssSampler:
 
         self.period_s = period_s
         self.series: Optional[list[tuple[float, float]]] = [] if keep_series else None  # (wall, total MB)
+        # (wall, CPU seconds of the whole machine, CPU seconds of this process and the actors): what else
+        # ran beside the service, so that a slow stretch of a long run can be told from contention
+        self.cpu_series: Optional[list[tuple[float, float, float]]] = [] if keep_series else None
         self.me = psutil.Process()
         self.actors = _actor_processes()
         self.peak = {"total_mb": 0.0, "driver_mb": 0.0, "actors_mb": 0.0}
@@ -223,15 +232,23 @@ class RssSampler:
         import psutil
 
         driver = self.me.memory_info().rss
+        own_cpu = _cpu_seconds(self.me)
         actors = 0
         for proc in self.actors:
             try:
                 actors += proc.memory_info().rss
+                own_cpu += _cpu_seconds(proc)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         mb = 1 / (1 << 20)
+        now = time.time()
         if self.series is not None:
-            self.series.append((time.time(), round((driver + actors) * mb, 1)))
+            self.series.append((now, round((driver + actors) * mb, 1)))
+        if self.cpu_series is not None:
+            machine = psutil.cpu_times()
+            busy = machine.user + machine.system + getattr(machine, "nice", 0.0) + getattr(machine, "irq", 0.0) \
+                + getattr(machine, "softirq", 0.0)
+            self.cpu_series.append((now, busy, own_cpu))
         if (driver + actors) * mb > self.peak["total_mb"]:
             self.peak = {"total_mb": round((driver + actors) * mb, 1), "driver_mb": round(driver * mb, 1),
                          "actors_mb": round(actors * mb, 1)}

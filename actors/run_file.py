@@ -180,8 +180,10 @@ async def run_file_async(
     speaker: Optional[str] = "A",
     max_fps: float = 10.0,
     vectors_out: Optional[Union[str, Path]] = None,
+    collect: Optional[list[dict[str, Any]]] = None,
 ) -> dict[str, Any]:
-    """Replay one file through a running pipeline; see run_file. vectors_out: write the encoder vectors there."""
+    """Replay one file through a running pipeline; see run_file. vectors_out: write the encoder vectors there;
+    collect: the file's events are appended to it (for a report)."""
     info = probe(path)  # clear errors before anything starts
     session = session or session_name(path)
     bus = EventBus(subscriber_queue=1 << 16, replay_buffer=1 << 16)
@@ -224,6 +226,8 @@ async def run_file_async(
         await sink.close()
         if out is not None:
             out.close()
+    if collect is not None:
+        collect.extend(events)
     summary = summarize(events, counts[0], time.time() - started)
     summary.update(file=str(path), session=session, events=str(out_jsonl) if out_jsonl else None)
     if recorder is not None and vectors_out is not None:
@@ -247,6 +251,7 @@ def run_file(
     speaker: Optional[str] = "A",
     max_fps: float = 10.0,
     vectors_out: Optional[Union[str, Path]] = None,
+    collect: Optional[list[dict[str, Any]]] = None,
 ) -> dict[str, Any]:
     """Replay `path` (audio or video) through the pipeline; print a line per utterance; return the summary.
 
@@ -260,7 +265,7 @@ def run_file(
     pipe = pipeline or Pipeline.start(cfg, address)
     try:
         return asyncio.run(run_file_async(pipe, path, fast, out_jsonl, print_fn, session, speaker, max_fps,
-                                          vectors_out))
+                                          vectors_out, collect))
     finally:
         if own:
             pipe.stop()
@@ -289,6 +294,7 @@ def run_files(
     speaker: Optional[str] = "A",
     max_fps: float = 10.0,
     vectors_dir: Optional[Union[str, Path]] = None,
+    collect: Optional[list[dict[str, Any]]] = None,
 ) -> list[dict[str, Any]]:
     """Replay several files through one pipeline, one session each, in order; a summary per file.
 
@@ -308,7 +314,7 @@ def run_files(
         for p, session in zip(paths, sessions):
             jsonl = Path(out_dir) / f"{session}.jsonl" if out_dir is not None else None
             npz = Path(vectors_dir) / f"{session}.npz" if vectors_dir is not None else None
-            out.append(await run_file_async(pipe, p, fast, jsonl, print_fn, session, speaker, max_fps, npz))
+            out.append(await run_file_async(pipe, p, fast, jsonl, print_fn, session, speaker, max_fps, npz, collect))
         return out
 
     try:
@@ -326,18 +332,27 @@ def run_file_cli(cfg: Config, args: Any) -> int:
     files = args.file if isinstance(args.file, (list, tuple)) else [args.file]
     out_dir = getattr(args, "out_dir", None)
     vectors_dir = getattr(args, "vectors_dir", None)
+    report_dir = getattr(args, "report", None)
+    collected: Optional[list[dict[str, Any]]] = [] if report_dir is not None else None
     try:
         if len(files) > 1 and args.out is not None:
             raise ValueError("--out names one JSONL file; with several files use --out-dir DIR")
         if len(files) == 1 and out_dir is None and vectors_dir is None:
             summaries = [run_file(cfg, files[0], fast=args.fast, out_jsonl=args.out, address=args.address,
-                                  speaker=args.speaker or "A")]
+                                  speaker=args.speaker or "A", collect=collected)]
         else:
             summaries = run_files(cfg, files, fast=args.fast, out_dir=out_dir, address=args.address,
-                                  speaker=args.speaker or "A", vectors_dir=vectors_dir)
+                                  speaker=args.speaker or "A", vectors_dir=vectors_dir, collect=collected)
     except (FileNotFoundError, ValueError) as exc:
         print(f"magtkd-stream run: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    if collected is not None:
+        from magtkd_stream.report import write_report
+
+        title = f"magtkd-stream run {' '.join(Path(f).name for f in files)}"[:200]
+        page = write_report(collected, Path(report_dir), title,
+                            {"files": [str(f) for f in files], "fast": bool(args.fast)})
+        print(f"report written to {page}")
     silent = [(f, s) for f, s in zip(files, summaries) if s.get("utterances", 0) == 0]
     for f, s in silent:
         print(f"magtkd-stream run: {f}: no speech found in {s.get('media_s', 0):.1f} s of audio (the voice "

@@ -80,6 +80,28 @@ def windows(rows: Sequence[tuple[float, float]], width_s: float) -> list[dict[st
     return out
 
 
+def other_cpu(samples: Sequence[tuple[float, float, float]], t0: float, width_s: float,
+              cores: int) -> list[dict[str, Any]]:
+    """Per window: cores' worth of CPU that processes outside the service used (machine busy time minus the
+    driver's and the actors'), so a slow window can be told from a machine that was shared."""
+    out = []
+    if len(samples) < 2:
+        return out
+    start = 0.0
+    last = samples[-1][0] - t0
+    while start <= last:
+        span = [s for s in samples if start <= s[0] - t0 < start + width_s]
+        if len(span) >= 2:
+            wall = span[-1][0] - span[0][0]
+            other = (span[-1][1] - span[0][1]) - (span[-1][2] - span[0][2])
+            out.append({"from_min": round(start / 60, 1),
+                        "other_cores": round(max(0.0, other) / wall, 2) if wall > 0 else None,
+                        "service_cores": round((span[-1][2] - span[0][2]) / wall, 2) if wall > 0 else None,
+                        "of_cores": cores})
+        start += width_s
+    return out
+
+
 def rss_growth(series: Sequence[tuple[float, float]], t0: float, duration_s: float) -> Optional[float]:
     """Relative RSS growth from 1/3 into the run to its end (mean of the first and last minute of that span)."""
     span_start = t0 + duration_s / 3
@@ -192,6 +214,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         "failed_utterances": sum(1 for r in runs for _, e in r.events
                                  if e.get("type") == "emotion" and e.get("status") != "ok"),
         "latency_windows": wins,
+        "cpu_windows": other_cpu(rss.cpu_series or [], t0, args.window_minutes * 60, os.cpu_count() or 1),
         "p95_spread": round(max(p95s) / min(p95s) - 1, 3) if len(p95s) >= 2 else None,
         "rss_mb": {"first": series[0][1] if series else None, "last": series[-1][1] if series else None,
                    "peak": rss.result()["total_mb"],
@@ -204,7 +227,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     summary = {k: report[k] for k in ("passes", "passes_failed", "lost_events", "utterances", "failed_utterances",
                                       "p95_spread")}
     print(json.dumps({**summary, "rss_growth": report["rss_mb"]["growth_over_last_two_thirds"],
-                      "latency_windows": wins}, indent=2), flush=True)
+                      "latency_windows": wins, "cpu_windows": report["cpu_windows"]}, indent=2), flush=True)
     print(f"soak: report written to {args.out.resolve()}", file=sys.stderr)
     return 0 if report["passes"] and not report["passes_failed"] and lost == 0 else 1
 

@@ -18,25 +18,21 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from demo.live_messages import EventView
+from magtkd_stream.labels import LABEL_COLOURS, OTHER_COLOUR
 
 if TYPE_CHECKING:
     from demo.live_client import ClientResult, LiveClient
 
 log = logging.getLogger(__name__)
 
-# BGR colour per emotion label (MELD and IEMOCAP names); other labels get grey.
-COLOURS: dict[str, tuple[int, int, int]] = {
-    "anger": (40, 40, 230), "angry": (40, 40, 230), "frustrated": (40, 90, 200),
-    "disgust": (60, 160, 60), "fear": (150, 60, 150),
-    "joy": (0, 200, 255), "happy": (0, 200, 255), "excited": (0, 150, 255),
-    "neutral": (170, 170, 170), "sadness": (200, 120, 40), "sad": (200, 120, 40), "surprise": (230, 200, 0),
-}
+# BGR (OpenCV's order) of the shared label colours; other labels get grey.
+COLOURS: dict[str, tuple[int, int, int]] = {k: (b, g, r) for k, (r, g, b) in LABEL_COLOURS.items()}
 FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX
 PANEL_W = 230
 
 
 def colour(label: str | None) -> tuple[int, int, int]:
-    return COLOURS.get(label or "", (150, 150, 150))
+    return COLOURS.get(label or "", OTHER_COLOUR[::-1])
 
 
 def blank_frame(width: int = 640, height: int = 480) -> np.ndarray:

@@ -45,6 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--vectors-dir", type=Path, default=None,
                      help="also write each file's encoder vectors per utterance to DIR/<session>.npz "
                           "(what training on served inputs reads)")
+    run.add_argument("--report", type=Path, default=None, metavar="DIR",
+                     help="also write DIR/report.html: a timeline of the utterances (fused and per-modality labels "
+                          "per speaker), a latency histogram and the emotion counts (PNGs beside it)")
     run.add_argument("--speaker", default=None, help="speaker label for the whole file")
     _add_config_args(run)
 

@@ -84,3 +84,13 @@ def ravdess_label_from_filename(name: str) -> str:
     if code not in RAVDESS_CODES:
         raise ValueError(f"unknown RAVDESS emotion code {code!r} in {name!r}; known: {sorted(RAVDESS_CODES)}")
     return RAVDESS_CODES[code]
+
+
+# One colour (RGB) per emotion label, shared by the desktop overlay and the run report; others get grey.
+LABEL_COLOURS: dict[str, tuple[int, int, int]] = {
+    "anger": (230, 40, 40), "angry": (230, 40, 40), "frustrated": (200, 90, 40),
+    "disgust": (60, 160, 60), "fear": (150, 60, 150),
+    "joy": (255, 200, 0), "happy": (255, 200, 0), "excited": (255, 150, 0),
+    "neutral": (170, 170, 170), "sadness": (40, 120, 200), "sad": (40, 120, 200), "surprise": (0, 200, 230),
+}
+OTHER_COLOUR: tuple[int, int, int] = (150, 150, 150)

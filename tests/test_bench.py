@@ -120,7 +120,7 @@ def test_batch_sizes_come_from_each_actors_counters() -> None:
 
 
 def test_soak_counts_a_gap_or_a_missing_end_as_lost_and_windows_latency() -> None:
-    from actors.soak import lost_events, rss_growth, windows
+    from actors.soak import lost_events, other_cpu, rss_growth, windows
 
     def run(seqs: list[int], last_seq) -> SessionRun:
         r = SessionRun("s", last_seq=last_seq)
@@ -136,6 +136,10 @@ def test_soak_counts_a_gap_or_a_missing_end_as_lost_and_windows_latency() -> Non
     assert [w["from_min"] for w in windows(rows, 60)] == [0.0, 1.0] and windows(rows, 60)[0]["n"] == 30
     series = [(float(t), 1000.0 + t / 10) for t in range(0, 600, 10)]
     assert rss_growth(series, 0.0, 600.0) == pytest.approx((1054.5 - 1021.0) / 1021.0, abs=1e-3)
+    # the machine busy 1.5 cores, the service 1.0 core for the first minute; then the service alone
+    cpu = [(float(t), 1.5 * t if t <= 60 else 90.0 + (t - 60), float(t)) for t in range(0, 121, 10)]
+    shares = other_cpu(cpu, 0.0, 60, 2)
+    assert [w["other_cores"] for w in shares] == [0.5, 0.0] and shares[0]["service_cores"] == 1.0
 
 
 def test_soak_command_runs_sessions_pass_after_pass_and_reports_no_loss(tmp_path: Path) -> None:

@@ -318,6 +318,48 @@ def test_an_actor_killed_while_idle_costs_no_utterance(tiny: Pipeline, kind: str
     assert tiny.health()["actors"][f"{kind}#0"]["state"] == "alive"
 
 
+@pytest.mark.parametrize("kind", ["asr", "audio", "video", "fusion"])
+def test_an_actor_killed_mid_call_fails_only_that_utterance(tiny: Pipeline, kind: str) -> None:
+    """Utterance 1's speech and frames go in, the actor's process is frozen (SIGSTOP), the trailing silence cuts
+    the utterance so its call to that actor is sent and cannot finish, then the process is killed: the call dies
+    with it. Ray restarts the actor; utterance 2 is fine. (The text actor: the test above.)"""
+    import os
+    import signal
+
+    col = Collector()
+    session = f"mid-{kind}"
+    col.start(session)
+    face = sample_face()
+
+    async def main() -> None:
+        sink = PipelineSink(tiny, col.publish)
+        await sink.open(session, None, True)
+        await push_with_video(sink, session, conversation(FIRST), face)
+        await col.wait_for(lambda e: e["type"] == "emotion" and e["utterance"] == 0)
+        await push_with_video(sink, session, synth_speech(SECOND), face)
+        await asyncio.sleep(1.0)  # the frames' face crops are back: no crop call meets the frozen video actor
+        pid = tiny.health()["actors"][f"{kind}#0"]["pid"]
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            await push(sink, session, silence(1.0))  # audio only: the cut, and utterance 1's calls go out
+            if kind == "fusion":  # its call follows the transcript and the encoders' vectors
+                await col.wait_for(lambda e: e["type"] == "transcript" and e["utterance"] == 1)
+            assert sink.in_flight(session) == 1
+            await asyncio.sleep(1.0)
+        finally:
+            os.kill(pid, signal.SIGKILL)
+        failed = await col.wait_for(lambda e: e["type"] == "emotion" and e["utterance"] == 1)
+        assert failed["status"] == "failed" and f"{kind}#0" in failed["error"], failed
+        await push_with_video(sink, session, np.concatenate([synth_speech(THIRD), silence(1.0)]), face)
+        await sink.end(session)
+
+    asyncio.run(main())
+    emotions = col.of(session, "emotion")
+    assert [(e["utterance"], e["status"]) for e in emotions] == [(0, "ok"), (1, "failed"), (2, "ok")]
+    assert emotions[2]["present"] == ["text", "audio", "video"]
+    assert tiny.health()["actors"][f"{kind}#0"]["state"] == "alive"
+
+
 def test_stream_config_names_bad_keys() -> None:
     from magtkd_stream.config import ConfigError
 
@@ -475,3 +517,26 @@ def test_run_on_a_silent_file_says_no_speech_found_and_exits_3(tmp_path: Path) -
                           timeout=300)
     assert proc.returncode == 3, proc.stderr[-2000:]
     assert f"{silent}: no speech found in 3.0 s of audio" in proc.stderr
+
+
+def test_run_with_report_writes_the_page_and_its_plots(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from magtkd_stream.report import FILES
+
+    speech = tmp_path / "two lines.wav"
+    with wave.open(str(speech), "wb") as w:
+        w.setnchannels(1), w.setsampwidth(2), w.setframerate(SR)
+        w.writeframes((np.clip(conversation(FIRST, SECOND), -1, 1) * 32767).astype("<i2").tobytes())
+    report = tmp_path / "report"
+    proc = subprocess.run([sys.executable, "-m", "magtkd_stream.cli", "run", str(speech), "--config", "tiny",
+                           "--fast", "--report", str(report)], cwd=Path(__file__).resolve().parents[1],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"report written to {report / 'report.html'}" in proc.stdout
+    assert sorted(p.name for p in report.iterdir()) == sorted(FILES)
+    facts = json.loads((report / "report.json").read_text())
+    assert facts["utterances"] == 2 and facts["failed"] == 0 and facts["sessions"] == ["two-lines"]
+    page = (report / "report.html").read_text()
+    assert page.count("<tr><td>two-lines</td>") == 2 and "tenths of ten seconds" in page  # the tiny ASR's script

@@ -98,3 +98,27 @@ def test_actor_normalisation_takes_its_prior_from_the_fit_actors_only() -> None:
     assert torch.allclose(out[data.actors <= 10], out2[data.actors <= 10])
     cv = ra.evaluate_folds(data, seeds=(0,), settings=SETTINGS, speaker_norm=2.0)
     assert cv["speaker_norm"] == 2.0 and cv["label_spaces"]["meld"]["accuracy"]["mean"] > 0.6
+
+
+def test_augmented_copies_join_the_fit_rows_of_their_own_actors_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    data = _clips(signal=True, per_actor=4)
+    aug = _clips(signal=True, per_actor=16, seed=1)
+    aug.copies = np.zeros(aug.actors.size, dtype=int)
+    aug.vectors = aug.vectors + 1000.0  # marks augmented rows
+    seen: list[tuple[int, int, int, float]] = []  # fit rows, augmented among them, augmented in select, their mean
+    real = ra.train_head
+
+    def spy(x_fit, y_fit, x_sel, y_sel, *args, **kwargs):  # type: ignore[no-untyped-def]
+        seen.append((len(x_fit), int((x_fit.mean(1) > 500).sum()), int((x_sel.mean(1) > 500).sum()),
+                     float(x_fit[14 * 4:].mean())))  # the augmented rows follow the 14 x 4 clean ones
+        return real(x_fit, y_fit, x_sel, y_sel, *args, **kwargs)
+
+    monkeypatch.setattr(ra, "train_head", spy)
+    cv = ra.evaluate_folds(data, seeds=(0,), settings=SETTINGS, augmented=aug)
+    assert cv["augmented_rows"] == aug.actors.size
+    for total, augmented, in_select, _ in seen:
+        assert augmented == 14 * 16 and total == 14 * 4 + 14 * 16 and in_select == 0  # 14 fit actors
+    seen.clear()
+    ra.evaluate_folds(data, seeds=(0,), settings=SETTINGS, augmented=aug, speaker_norm=2.0)
+    # each copy is a session of its own, normalised by its own running mean: most of its channel offset is gone
+    assert all(total == 280 and mean < 400 for total, _, _, mean in seen), seen

@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--folds", action="store_true",
                    help="also leave-actors-out cross-validation over actors 01-20 (five folds of four actors)")
+    p.add_argument("--augment", type=int, default=0, metavar="K",
+                   help="with --folds: also fit on K augmented copies of each fit clip (gain, noise, room, speed, "
+                        "AAC; training/audio_augment.py) and score the same folds")
 
     p = sub.add_parser("parity", help="train/serve parity of the audio branch on RAVDESS actors; "
                                       "join their clips into one file for `magtkd-stream run`, or score its events")
@@ -528,8 +531,10 @@ def _prepare_ravdess_audio(args: argparse.Namespace, cfg: Config) -> Path:
 def _cmd_ravdess_audio(args: argparse.Namespace, cfg: Config, run: Any, folder: Path) -> dict[str, Any]:
     from training.ravdess_audio import run_ravdess_audio, summary_lines
 
+    if args.augment < 0 or (args.augment and not args.folds):
+        raise UsageError("ravdess-audio: --augment K needs --folds and K >= 0")
     report = run_ravdess_audio(folder, cfg, run, args.cache or run.path / "cache", seeds=args.seeds,
-                               folds=args.folds)
+                               folds=args.folds, augment=args.augment)
     for line in summary_lines(report):
         print(line)
     return report

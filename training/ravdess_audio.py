@@ -50,6 +50,7 @@ class ClipVectors:
     actors: np.ndarray  # (N,) int
     labels: dict[str, np.ndarray] = field(default_factory=dict)  # label space -> (N,) int
     uids: list[str] = field(default_factory=list)
+    copies: Optional[np.ndarray] = None  # (N,) int: which augmented copy a row is (None: clean clips)
 
 
 @dataclass
@@ -162,15 +163,16 @@ FOLDS: tuple[tuple[int, ...], ...] = tuple(tuple(range(a, a + 4)) for a in range
 
 
 def normalize_actors(x: torch.Tensor, actors: np.ndarray, prior_rows: np.ndarray, weight: float,
-                     seed: int) -> torch.Tensor:
+                     seed: int, prior_x: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Every actor's clips normalised as one speaker of a session (clips in a seeded random order).
 
-    The prior mean comes from `prior_rows` only (the actors a head fits on), so
-    no statistic of a scored actor reaches the prior.
+    The prior mean comes from `prior_rows` of `prior_x` (default x) only (the
+    actors a head fits on), so no statistic of a scored actor reaches the prior.
+    `actors` may be any session key (an augmented copy is a session of its own).
     """
     from magtkd_stream.speaker_norm import SpeakerNormalizer, normalize_sequence
 
-    prior = SpeakerNormalizer(x[prior_rows].mean(0).numpy(), weight)
+    prior = SpeakerNormalizer((x if prior_x is None else prior_x)[prior_rows].mean(0).numpy(), weight)
     out = x.clone()
     rng = np.random.default_rng(seed)
     for a in np.unique(actors):
@@ -180,18 +182,36 @@ def normalize_actors(x: torch.Tensor, actors: np.ndarray, prior_rows: np.ndarray
     return out
 
 
+def _fit_rows(x: torch.Tensor, y: np.ndarray, rows: np.ndarray, aug: Optional[ClipVectors], space: str,
+              fit: Sequence[int], speaker_norm: float, fold: int) -> tuple[torch.Tensor, np.ndarray]:
+    """The fit rows, plus the augmented copies of the fit actors' clips (each copy its own session)."""
+    if aug is None:
+        return x[rows], y[rows]
+    keep = np.flatnonzero(np.isin(aug.actors, list(fit)))
+    xa = aug.vectors.float()[keep]
+    if speaker_norm > 0:
+        assert aug.copies is not None
+        sessions = aug.actors[keep] * 1000 + aug.copies[keep]
+        xa = normalize_actors(xa, sessions, rows, speaker_norm, fold, prior_x=x)
+    return torch.cat([x[rows], xa]), np.concatenate([y[rows], aug.labels[space][keep]])
+
+
 def evaluate_folds(data: ClipVectors, seeds: Sequence[int] = (0,), settings: Optional[HeadSettings] = None,
-                   folds: Sequence[Sequence[int]] = FOLDS, speaker_norm: float = 0.0) -> dict[str, Any]:
+                   folds: Sequence[Sequence[int]] = FOLDS, speaker_norm: float = 0.0,
+                   augmented: Optional[ClipVectors] = None) -> dict[str, Any]:
     """Leave-actors-out cross-validation: each fold's actors are scored once by a head that never met them.
 
     Fold k is the test group; the first two actors of fold k+1 pick the epoch;
     the other actors fit. A single 4-actor dev says little about voices in
     general: five folds cover all 20 actors. speaker_norm > 0: vectors are first
     normalised per actor (normalize_actors, prior from the fold's fit actors).
+    augmented: vectors of augmented copies of the clips; those of the fit actors join the fit rows (the
+    select and test actors are always scored on their clean clips).
     """
     settings = settings or HeadSettings()
     raw = data.vectors.float()
     out: dict[str, Any] = {"folds": [list(f) for f in folds], "seeds": list(seeds), "speaker_norm": speaker_norm,
+                           "augmented_rows": 0 if augmented is None else int(augmented.actors.size),
                            "label_spaces": {}}
     for space, y in data.labels.items():
         names = list(LABEL_SPACES[space])
@@ -201,10 +221,10 @@ def evaluate_folds(data: ClipVectors, seeds: Sequence[int] = (0,), settings: Opt
             fit = tuple(a for a in sorted(set(data.actors.tolist())) if a not in test and a not in select)
             rows = split_by_actor(data.actors, fit, select, test)
             x = normalize_actors(raw, data.actors, rows["fit"], speaker_norm, k) if speaker_norm > 0 else raw
+            x_fit, y_fit = _fit_rows(x, y, rows["fit"], augmented, space, fit, speaker_norm, k)
             scores = []
             for seed in seeds:
-                head, _ = train_head(x[rows["fit"]], y[rows["fit"]], x[rows["select"]], y[rows["select"]],
-                                     len(names), seed, settings)
+                head, _ = train_head(x_fit, y_fit, x[rows["select"]], y[rows["select"]], len(names), seed, settings)
                 m = compute_metrics(y[rows["test"]], _predict(head, x[rows["test"]]), names)
                 scores.append((m["accuracy"], m["weighted_f1"], m["macro_f1"]))
             acc, wf1, mf1 = (float(np.mean([s[i] for s in scores])) for i in range(3))
@@ -254,6 +274,42 @@ def load_clip_vectors(ravdess_root: Path, cfg: Config, cache_dir: Optional[Path]
                        labels={s: np.asarray(v) for s, v in labels.items()}, uids=uids)
 
 
+def load_augmented_vectors(ravdess_root: Path, cfg: Config, cache_dir: Optional[Path], copies: int,
+                           seed: int = 0) -> ClipVectors:
+    """Vectors of `copies` augmented copies of every labelled RAVDESS clip (training/augmented_vectors.py)."""
+    from training.audio_augment import AugmentSettings
+    from training.augmented_vectors import augmented_backbone
+    from training.data import load_ravdess_speech
+    from training.stage1_inputs import split_refs
+    from training.stage1_state import build_seeded_encoder
+
+    sets = {space: load_ravdess_speech(ravdess_root, train_actors=LITE_SPLITS["train"],
+                                       dev_actors=LITE_SPLITS["dev"], label_space=space, with_text=True)
+            for space in LABEL_SPACES}
+    encoder = build_seeded_encoder("audio", cfg)
+    encoder.set_trainable_layers(0)
+    settings = AugmentSettings()
+    parts, actors, uids, which = [], [], [], []
+    labels: dict[str, list[int]] = {s: [] for s in LABEL_SPACES}
+    for split in LITE_SPLITS:
+        refs = [r for r in split_refs(sets["meld"], split) if r.utt.label is not None and r.utt.audio is not None]
+        by_uid = {space: {u.uid: u.label for d in ds.splits[split] for u in d.utterances}
+                  for space, ds in sets.items()}
+        for k in range(copies):
+            enc = augmented_backbone(encoder, refs, cfg, k, seed, settings, cache_dir, f"audio-ravdess-{split}")
+            keep = enc.ok.nonzero().flatten().tolist()
+            parts.append(enc.vectors[keep])
+            for i in keep:
+                utt = refs[i].utt
+                uids.append(utt.uid)
+                which.append(k)
+                actors.append(int(utt.speaker.removeprefix("actor")))
+                for space in LABEL_SPACES:
+                    labels[space].append(int(by_uid[space][utt.uid]))
+    return ClipVectors(vectors=torch.cat(parts), actors=np.asarray(actors),
+                       labels={s: np.asarray(v) for s, v in labels.items()}, uids=uids, copies=np.asarray(which))
+
+
 def summary_lines(report: dict[str, Any]) -> list[str]:
     """One line per label space: test accuracy and weighted F1, mean ± std over seeds."""
     out = [f"RAVDESS audio branch, held-out actors {report['actors']['test']} "
@@ -263,7 +319,9 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         out.append(f"  {len(r['classes'])} classes ({space}): accuracy {r['test_accuracy']['mean']:.4f} ± "
                    f"{r['test_accuracy']['std']:.4f}, weighted F1 {r['test_weighted_f1']['mean']:.4f} ± "
                    f"{r['test_weighted_f1']['std']:.4f}")
-    for key, what in (("cross_validation", ""), ("cross_validation_speaker_norm", ", speaker-normalised")):
+    for key, what in (("cross_validation", ""), ("cross_validation_speaker_norm", ", speaker-normalised"),
+                      ("cross_validation_augmented", ", augmented"),
+                      ("cross_validation_augmented_speaker_norm", ", augmented, speaker-normalised")):
         for space, r in (report.get(key) or {}).get("label_spaces", {}).items():
             out.append(f"  leave-actors-out{what}, 5 folds, {len(r['classes'])} classes ({space}): accuracy "
                        f"{r['accuracy']['mean']:.4f} ± {r['accuracy']['std']:.4f} over folds "
@@ -274,10 +332,11 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
 
 def run_ravdess_audio(ravdess_root: Path, cfg: Config, run: Any, cache_dir: Optional[Path],
                       seeds: Sequence[int] = (0, 1, 2), settings: Optional[HeadSettings] = None,
-                      folds: bool = False) -> dict[str, Any]:
+                      folds: bool = False, augment: int = 0) -> dict[str, Any]:
     """Load (or compute) the vectors, score both label spaces, write metrics/ravdess_audio.json to the run.
 
     folds: also leave-actors-out cross-validation over the five 4-actor folds (evaluate_folds).
+    augment: with folds, also the folds with that many augmented copies of each fit clip.
     """
     start = time.perf_counter()
     data = load_clip_vectors(ravdess_root, cfg, cache_dir)
@@ -289,6 +348,12 @@ def run_ravdess_audio(ravdess_root: Path, cfg: Config, run: Any, cache_dir: Opti
         if cfg.train.speaker_norm > 0:  # as the recipe trains the head
             report["cross_validation_speaker_norm"] = evaluate_folds(data, seeds, settings,
                                                                      speaker_norm=cfg.train.speaker_norm)
+        if augment > 0:
+            aug = load_augmented_vectors(ravdess_root, cfg, cache_dir, augment)
+            report["cross_validation_augmented"] = evaluate_folds(data, seeds, settings, augmented=aug)
+            if cfg.train.speaker_norm > 0:
+                report["cross_validation_augmented_speaker_norm"] = evaluate_folds(
+                    data, seeds, settings, speaker_norm=cfg.train.speaker_norm, augmented=aug)
     report["cache_dir"] = None if cache_dir is None else str(cache_dir)
     report["seconds"] = {"vectors": round(loaded, 1), "total": round(time.perf_counter() - start, 1)}
     run.save_metrics(METRICS_NAME, report)

@@ -89,7 +89,7 @@ def encode_backbone(
     return Encoded(vectors=vectors, ok=ok)
 
 
-def _fingerprint(encoder: Encoder, modality: str, refs: Sequence[UttRef], cfg: Config) -> str:
+def backbone_fingerprint(encoder: Encoder, modality: str, refs: Sequence[UttRef], cfg: Config) -> str:
     """Changes whenever the vectors could: encoder class, config and weights, media settings, the inputs."""
     enc_cfg = getattr(encoder, "cfg", None)
     desc = {
@@ -129,7 +129,7 @@ def cached_backbone(
     """
     path = None
     if cache_dir is not None:
-        path = Path(cache_dir) / f"{name}-{_fingerprint(encoder, modality, refs, cfg)}.npz"
+        path = Path(cache_dir) / f"{name}-{backbone_fingerprint(encoder, modality, refs, cfg)}.npz"
         if path.is_file():
             with np.load(path, allow_pickle=False) as z:
                 vectors, ok = z["vectors"], z["ok"]

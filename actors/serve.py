@@ -177,6 +177,39 @@ async def serve(
                 loop.remove_signal_handler(sig)
 
 
+STOP_BOUND_S = 15.0  # the actors and a Ray this process started are gone this long after the gateway closed
+
+
+def stop_within(pipeline: Pipeline, bound_s: float) -> bool:
+    """Stop the pipeline; if Ray has not shut down within bound_s, kill this process's children. True: in time."""
+    import threading
+
+    done = threading.Event()
+
+    def stop() -> None:
+        try:
+            pipeline.stop()
+        except Exception:  # logged; the bound below still holds
+            log.exception("stopping the pipeline failed")
+        finally:
+            done.set()
+
+    threading.Thread(target=stop, name="pipeline-stop", daemon=True).start()
+    if done.wait(bound_s):
+        return True
+    import psutil
+
+    children = psutil.Process().children(recursive=True)
+    log.warning("Ray did not stop within %.0f s; killing its %d processes", bound_s, len(children))
+    for child in children:
+        try:
+            child.kill()
+        except psutil.Error:
+            continue
+    psutil.wait_procs(children, timeout=5)
+    return False
+
+
 def serve_cli(cfg: Config, args: Any) -> int:
     """The `serve` command; returns the exit status (0 after a clean shutdown)."""
     try:
@@ -210,6 +243,7 @@ def serve_cli(cfg: Config, args: Any) -> int:
             _err(str(exc))
             return EXIT_USAGE if args.camera and not args.mic else EXIT_FAILED
     pipeline: Optional[Pipeline] = None
+    stopping = False
     try:
         try:
             pipeline = Pipeline.start(cfg, args.address)
@@ -222,7 +256,7 @@ def serve_cli(cfg: Config, args: Any) -> int:
         asyncio.run(serve(pipeline, gw_cfg, mic=mic, camera=camera, session=args.session,
                           out=lambda line: print(line, flush=True),
                           metrics_port=getattr(args, "metrics_port", None)))
-        print("stopped", flush=True)
+        stopping = True
         return EXIT_OK
     except ServeError as exc:
         _err(str(exc))
@@ -238,6 +272,8 @@ def serve_cli(cfg: Config, args: Any) -> int:
             # A late Ctrl-C must not abort the cleanup half-way and leave Ray processes behind.
             previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
             try:
-                pipeline.stop()
+                stop_within(pipeline, STOP_BOUND_S)
             finally:
                 signal.signal(signal.SIGINT, previous)
+        if stopping:
+            print("stopped", flush=True)

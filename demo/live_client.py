@@ -28,7 +28,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, TextIO
+from typing import Any, Mapping, Optional, Sequence, TextIO
 
 if __package__ in (None, ""):  # run as a script: make `demo` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -48,7 +48,14 @@ from magtkd_stream.protocol import NATIVE_SAMPLE_RATE, ProtocolError
 log = logging.getLogger("demo.live_client")
 
 DEFAULT_URL = "ws://127.0.0.1:8765/"
-TOKEN_ENV = "MAGTKD_TOKEN"
+TOKEN_ENV = "MAGTKD_TOKENS"  # the server's variable too: a client on the same machine uses its first token
+
+
+def default_token(environ: Optional[Mapping[str, str]] = None) -> Optional[str]:
+    """The first of the comma-separated $MAGTKD_TOKENS (None when unset or empty)."""
+    env = os.environ if environ is None else environ
+    tokens = [t.strip() for t in env.get(TOKEN_ENV, "").split(",") if t.strip()]
+    return tokens[0] if tokens else None
 
 
 class ServerError(RuntimeError):
@@ -322,7 +329,8 @@ class LiveClient:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m demo.live_client", description=__doc__.split("\n\n")[0])
     p.add_argument("--url", default=DEFAULT_URL, help=f"websocket URL of `magtkd-stream serve` (default {DEFAULT_URL})")
-    p.add_argument("--token", default=os.environ.get(TOKEN_ENV), help=f"client token (default: ${TOKEN_ENV})")
+    p.add_argument("--token", default=default_token(),
+                   help=f"client token (default: the first of ${TOKEN_ENV}, the variable `serve` reads)")
     p.add_argument("--session", default=None, help="session id, 1-64 of A-Z a-z 0-9 _ . - (default: live-<random>)")
     p.add_argument("--speaker", default=None, help="speaker name attached to the session's utterances")
     p.add_argument("--no-video", action="store_true", help="publish audio only")

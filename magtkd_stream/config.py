@@ -464,6 +464,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
+RECIPE_PREFIX = "train_"  # configs/train_*.yaml are magtkd-train recipes; the rest are service profiles
+
+
 def load_config(name_or_path: str | Path = "lite", overrides: Sequence[str] = ()) -> Config:
     """Load configs/<name>.yaml (or a path) and apply KEY=VALUE overrides (dotted keys).
 
@@ -471,8 +474,11 @@ def load_config(name_or_path: str | Path = "lite", overrides: Sequence[str] = ()
     """
     path = _path_of(name_or_path)
     if not path.exists():
-        known = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
-        raise ConfigError(f"config {str(name_or_path)!r} not found (looked at {path}); known profiles: {known}")
+        names = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        profiles = [n for n in names if not n.startswith(RECIPE_PREFIX)]
+        recipes = [n for n in names if n.startswith(RECIPE_PREFIX)]
+        raise ConfigError(f"config {str(name_or_path)!r} not found (looked at {path}); profiles: "
+                          f"{', '.join(profiles)} (training recipes, for magtkd-train: {', '.join(recipes)})")
     data = read_yaml(path)
     for item in overrides:
         apply_override(data, item)

@@ -566,3 +566,9 @@ def test_web_page_publishes_a_microphone_and_shows_the_events_in_a_browser(gatew
         proc.terminate()
         proc.wait(10)
         httpd.shutdown()
+
+
+def test_the_live_client_reads_the_token_from_the_variable_serve_reads() -> None:
+    assert live_client.TOKEN_ENV == "MAGTKD_TOKENS"
+    assert live_client.default_token({"MAGTKD_TOKENS": " first , second"}) == "first"
+    assert live_client.default_token({"MAGTKD_TOKENS": " , "}) is None and live_client.default_token({}) is None

@@ -101,3 +101,17 @@ def test_setup_logging_writes_the_run_log_once(tmp_path: Path) -> None:
                 root.removeHandler(h)
                 h.close()
         root.setLevel(level)
+
+
+def test_training_curves_draw_either_stage_s_history_and_refuse_an_empty_one(tmp_path: Path) -> None:
+    from training.metrics import save_curves_png
+
+    stage2 = [{"epoch": i, "train": {"ce": 2.0 - i / 10, "total": 2.5 - i / 10},
+               "dev": {"accuracy": 0.3 + i / 20, "weighted_f1": 0.25 + i / 20, "macro_f1": 0.2 + i / 20}}
+              for i in range(4)]
+    stage1 = [{"epoch": i, "loss": 1.0 / (i + 1), "dev_weighted_f1": 0.4, "dev_accuracy": 0.5} for i in range(3)]
+    for rows, name in ((stage2, "s2.png"), (stage1, "sub/s1.png")):
+        path = save_curves_png(rows, tmp_path / name, "title", best_epoch=1)
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no epochs"):
+        save_curves_png([], tmp_path / "none.png")

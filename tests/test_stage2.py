@@ -205,7 +205,8 @@ def test_stage2_learns_and_writes_the_run_folder(trained: tuple[RunFolder, dict]
     assert summary["dev"][str(WINDOW)]["weighted_f1"] == pytest.approx(dev[str(WINDOW)]["weighted_f1"])
     assert set(dev[str(WINDOW)]["by_source"]) == {"meld", "ravdess"}
     for name in ("config.yaml", "run.json", "metrics/history.json", "metrics/metrics.json", "metrics/test.json",
-                 "figures/dev_w4.png", "figures/test_w0.png", "figures/test_w4.png", "checkpoints/last-stage2.pt"):
+                 "figures/dev_w4.png", "figures/test_w0.png", "figures/test_w4.png", "figures/stage2-curves.png",
+                 "checkpoints/last-stage2.pt"):
         assert (run.path / name).is_file(), name
     assert run.read_config().magt.window == WINDOW
     assert (run.path / "figures/dev_w0.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -75,6 +75,9 @@ def test_smoke_all_writes_the_run_folder(smoke: Path) -> None:
     ev = report["evaluate"]
     assert ev["window"] == 4 and {"0", "4"} <= set(ev["test"])
     assert ev["test"]["teacher_alone"]["n"] > 0
+    table = (smoke / "summary.md").read_text()
+    assert f"| evaluate / test / 4 | {ev['test']['4']['n']} |" in table and "| evaluate / test / teacher_alone |" in table
+    assert (smoke / "figures" / "stage2-curves.png").is_file() and (smoke / "figures" / "stage1-text-curves.png").is_file()
 
     ck = load_checkpoint(smoke / "checkpoints" / "stream.safetensors")
     assert ck.profile == "tiny" and ck.labels == list(MELD_LABELS)
@@ -332,6 +335,10 @@ def test_lite_recipe_on_real_data_subsets(tmp_path: Path) -> None:
     demo = summary["ravdess_dev_override"]
     assert demo["n"] == 6 and sum(demo["text_only_predictions"].values()) == 6
     assert "no KD" in summary["kd"]
+    table = (run / "summary.md").read_text()
+    assert "| meld_test / magt_window_8 |" in table and "| ravdess_dev_audio_branch | 6 |" in table
+    for stage in ("stage2", "stage1-audio", "stage1-video"):
+        assert (run / "figures" / f"{stage}-curves.png").is_file(), stage
     ck = load_checkpoint(export, expect_labels=MELD_LABELS, expect_profile="lite")
     lite = load_recipe("lite")
     assert ck.config.encoders == lite.encoders  # loads in the service's lite profile

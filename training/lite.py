@@ -53,12 +53,13 @@ from training.recipes import (
 )
 from training.runs import RunFolder
 from training.stage1 import Stage1Result
+from training.summary_table import summary_table
 
 logger = logging.getLogger(__name__)
 
 RAVDESS_TRAIN_ACTORS = tuple(range(1, 17))
 RAVDESS_DEV_ACTORS = tuple(range(17, 21))
-SUMMARY = "lite_summary.json"
+SUMMARY = "lite_summary.json"  # and summary.md: the same scores as a table
 DEFAULT_EXPORT = Path(__file__).resolve().parent.parent / "magtkd_stream" / "assets" / "lite.safetensors"
 NO_KD_NOTE = ("no KD for the lite audio and video heads: RAVDESS and FER2013 share no utterance with MELD, so the "
               "text teacher has no view of their inputs; both are trained with cross-entropy. The MELD text "
@@ -264,6 +265,9 @@ def run_lite(
     write_report(run, report)
     write_report(run, summary, SUMMARY)
     _log_summary(summary)
+    table = summary_table(summary, f"magtkd-train lite: {run.path}")
+    (run.path / "summary.md").write_text(table, encoding="utf-8")
+    print(table, flush=True)  # the last thing the run shows: every score, one row each (also summary.md)
     return summary
 
 

@@ -8,7 +8,7 @@ skewed labels (neutral is almost half of it).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -99,3 +99,48 @@ def word_error_rate(references: Sequence[str], hypotheses: Sequence[str]) -> flo
                           jiwer.Strip(), jiwer.ReduceToListOfListOfWords()])
     return float(jiwer.wer(list(references), [h or "-" for h in hypotheses],
                            reference_transform=norm, hypothesis_transform=norm))
+
+
+def save_curves_png(epochs: Sequence[Mapping[str, Any]], path: str | Path, title: str = "",
+                    best_epoch: int | None = None) -> Path:
+    """Training loss (left) and dev scores (right) per epoch, the selected epoch marked.
+
+    Takes either history shape: stage 2's ({"train": {loss: v}, "dev": {metric: v}}) or stage 1's flat rows
+    ({"loss", "dev_weighted_f1", "dev_accuracy"}).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not epochs:
+        raise ValueError("save_curves_png: no epochs to draw")
+    xs = [int(e["epoch"]) + 1 for e in epochs]
+    losses: dict[str, list[float]] = {}
+    scores: dict[str, list[float]] = {}
+    for e in epochs:
+        train = e["train"] if isinstance(e.get("train"), Mapping) else {"loss": e.get("loss")}
+        dev = e["dev"] if isinstance(e.get("dev"), Mapping) else {
+            k.removeprefix("dev_"): v for k, v in e.items() if k.startswith("dev_")}
+        for k, v in train.items():
+            if k in ("total", "ce", "loss"):
+                losses.setdefault(k, []).append(float(v) if v is not None else float("nan"))
+        for k, v in dev.items():
+            scores.setdefault(k, []).append(float(v))
+    fig = Figure(figsize=(9.0, 3.4))
+    FigureCanvasAgg(fig)
+    for i, (series, ylabel) in enumerate(((losses, "training loss"), (scores, "dev score"))):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for name, values in series.items():
+            ax.plot(xs[: len(values)], values, marker="o", markersize=3, label=name)
+        if best_epoch is not None:
+            ax.axvline(best_epoch + 1, color="grey", linestyle="--", linewidth=1, label=f"selected ({best_epoch + 1})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path

@@ -31,7 +31,7 @@ from magtkd_stream.config import Config
 from magtkd_stream.encoders.base import Encoder, UtteranceModel
 from magtkd_stream.losses import student_loss
 from training.data.types import Dataset
-from training.metrics import compute_metrics, save_confusion_png
+from training.metrics import compute_metrics, save_confusion_png, save_curves_png
 from training.runs import RunFolder, resolve_device, seed_everything
 from training.runs import progress as progress_bar
 from training.stage1_cache import (
@@ -388,6 +388,9 @@ def train_stage1(
 
     load_model_state(model, best_state)
     model.eval()
+    if folder is not None and history:
+        save_curves_png(history, folder.figure_path(f"stage1-{name}-curves"), f"stage 1 {name} (selected on dev "
+                        "weighted F1)", best["epoch"] if best["epoch"] >= 0 else None)
     rows = {s: source_rows(source, s, r) for s, r in rows.items()}
     metrics: dict[str, Any] = {
         "name": name, "modality": modality, "dataset": dataset.name,

@@ -37,7 +37,7 @@ from training.features import (
     load_features,
     load_heads,
 )
-from training.metrics import compute_metrics, save_confusion_png
+from training.metrics import compute_metrics, save_confusion_png, save_curves_png
 from training.pairing import pair_modalities
 from training.paired_dialogues import ComposeSettings, compose_dialogues, drop_modalities
 from training.runs import RunFolder, progress, resolve_device, seed_everything
@@ -341,6 +341,8 @@ def train_stage2(
         else:
             best["stale"] += 1
         run.save_metrics("history", {"select_metric": s2.select_metric, "best": best, "epochs": history})
+        save_curves_png(history, run.figure_path("stage2-curves"), f"stage 2 (selected on dev {s2.select_metric})",
+                        best["epoch"] if best.get("epoch", -1) >= 0 else None)
         run.save_state(epoch, model, optimizer, scheduler, best, tag=STATE_TAG, extra={"history": history})
 
     summary = _final_evaluation(cfg, run, model, labels, dev, test, kinds, window, device, best)

@@ -132,7 +132,7 @@ class EventView:
             self.utterance, self.interim = msg.get("utterance"), kind == "emotion_interim"
             self.e2e_ms = ((msg.get("timing") or {}).get("e2e_ms"))
             if msg.get("status") == "failed":
-                self.status = f"utterance {self.utterance}: {msg.get('error', 'failed')}"
+                self.status = f"utterance {(self.utterance or 0) + 1} failed: {msg.get('error', 'unknown error')}"
             return True
         if kind == "transcript":
             who = f"{msg['speaker']}: " if msg.get("speaker") else ""

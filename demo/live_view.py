@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 # BGR (OpenCV's order) of the shared label colours; other labels get grey.
 COLOURS: dict[str, tuple[int, int, int]] = {k: (b, g, r) for k, (r, g, b) in LABEL_COLOURS.items()}
 FONT = 0  # cv2.FONT_HERSHEY_SIMPLEX
-PANEL_W = 230
+PANEL_W = 260  # the side panel right of the picture
 
 
 def colour(label: str | None) -> tuple[int, int, int]:
@@ -40,47 +40,85 @@ def blank_frame(width: int = 640, height: int = 480) -> np.ndarray:
     return np.full((height, width, 3), 32, np.uint8)
 
 
-def _shade(frame: np.ndarray, x0: int, y0: int, x1: int, y1: int, keep: float = 0.35) -> None:
-    """Darken a rectangle so white text on it stays readable over any picture."""
-    region = frame[max(0, y0) : y1, max(0, x0) : x1]
-    region[:] = (region.astype(np.float32) * keep).astype(np.uint8)
+CAPTION_LINES = 3  # transcript lines in the caption strip under the picture
+LINE_H = 22
+
+
+def wrap_text(text: str, width_px: int, scale: float) -> list[str]:
+    """Words wrapped into lines no wider than width_px at this font scale (a word longer than that is cut)."""
+    import cv2
+
+    def fits(s: str) -> bool:
+        return cv2.getTextSize(s, FONT, scale, 1)[0][0] <= width_px
+
+    lines: list[str] = []
+    line = ""
+    for word in text.split():
+        while not fits(word):  # one word wider than the strip: cut it, the rest goes on the next line
+            cut = max(1, len(word) - 1)
+            while cut > 1 and not fits(word[:cut]):
+                cut -= 1
+            lines.append(word[:cut])
+            word = word[cut:]
+        trial = f"{line} {word}".strip()
+        if fits(trial):
+            line = trial
+        else:
+            lines.append(line)
+            line = word
+    if line:
+        lines.append(line)
+    return lines
 
 
 def draw_overlay(frame: np.ndarray, view: EventView) -> np.ndarray:
-    """A copy of `frame` with the view drawn on it: fused label, bars, per-modality labels, transcript."""
+    """The frame untouched, with a side panel on its right (status, fused label, bars, each modality's label)
+    and a caption strip below it (the recent transcript, wrapped): nothing covers the picture, so neither its
+    own captions nor its name tags are hidden."""
     import cv2
 
-    out = np.ascontiguousarray(frame).copy()
-    h, w = out.shape[:2]
-    x0 = max(0, w - PANEL_W)
-    n = len(view.probs)
-    _shade(out, x0, 0, w, 70 + 22 * n + 22 * len(view.modalities))
-    head = view.label or "..."
-    if view.interim:
-        head += " (interim)"
-    cv2.putText(out, head, (x0 + 10, 32), FONT, 0.8, colour(view.label), 2, cv2.LINE_AA)
-    if view.speaker or view.utterance is not None:
-        sub = f"{view.speaker or ''} #{view.utterance}" if view.utterance is not None else str(view.speaker)
-        cv2.putText(out, sub.strip(), (x0 + 10, 54), FONT, 0.45, (230, 230, 230), 1, cv2.LINE_AA)
-    y = 74
+    picture = np.ascontiguousarray(frame)
+    h, w = picture.shape[:2]
+    text_w = w + PANEL_W - 20
+    captions: list[str] = []
+    for line in list(view.transcript) or ([view.text] if view.text else []):
+        captions.extend(wrap_text(line, text_w, 0.5))
+    captions = captions[-CAPTION_LINES:]
+    strip = 12 + LINE_H * CAPTION_LINES
+    out = np.full((max(h, 90 + LINE_H * (len(view.probs) + len(view.modalities) + 2)) + strip, w + PANEL_W, 3), 24,
+                  np.uint8)
+    out[:h, :w] = picture
+    x0 = w
+    status_lines = wrap_text(view.status, PANEL_W - 20, 0.42)[:2]
+    for k, line in enumerate(status_lines):
+        cv2.putText(out, line, (x0 + 10, 18 + 16 * k), FONT, 0.42, (200, 255, 200), 1, cv2.LINE_AA)
+    y = 24 + 16 * len(status_lines)
+    head = (view.label or "...") + (" (interim)" if view.interim else "")
+    cv2.putText(out, head, (x0 + 10, y + 20), FONT, 0.8, colour(view.label), 2, cv2.LINE_AA)
+    y += 28
+    who = []
+    if view.speaker:
+        who.append(view.speaker)
+    if view.utterance is not None:
+        who.append(f"utterance {view.utterance + 1}")
+    if view.e2e_ms is not None:
+        who.append(f"latency {view.e2e_ms:.0f} ms")
+    for line in wrap_text(", ".join(who), PANEL_W - 20, 0.42)[:2]:
+        cv2.putText(out, line, (x0 + 10, y + 14), FONT, 0.42, (230, 230, 230), 1, cv2.LINE_AA)
+        y += 16
+    y += 8
     for name, p in view.probs.items():
         cv2.putText(out, f"{name[:9]:<9}", (x0 + 10, y + 12), FONT, 0.42, (235, 235, 235), 1, cv2.LINE_AA)
-        bar = int(round((PANEL_W - 120) * max(0.0, min(1.0, p))))
+        bar = int(round((PANEL_W - 130) * max(0.0, min(1.0, p))))
         cv2.rectangle(out, (x0 + 90, y + 2), (x0 + 90 + bar, y + 14), colour(name), -1)
-        cv2.putText(out, f"{p:.2f}", (x0 + PANEL_W - 36, y + 12), FONT, 0.4, (235, 235, 235), 1, cv2.LINE_AA)
-        y += 22
+        cv2.putText(out, f"{p:.2f}", (x0 + PANEL_W - 40, y + 12), FONT, 0.4, (235, 235, 235), 1, cv2.LINE_AA)
+        y += LINE_H
     for m, label in view.modalities.items():
         cv2.putText(out, f"{m}: {label or 'absent'}", (x0 + 10, y + 12), FONT, 0.42, colour(label), 1, cv2.LINE_AA)
-        y += 22
-    lines = list(view.transcript) or ([view.text] if view.text else [])
-    if lines:
-        _shade(out, 0, h - 12 - 24 * len(lines), w, h)
-        for k, line in enumerate(lines):
-            cv2.putText(out, line[:90], (10, h - 16 - 24 * (len(lines) - 1 - k)), FONT, 0.5, (255, 255, 255), 1,
-                        cv2.LINE_AA)
-    status = view.status + (f"  e2e {view.e2e_ms:.0f} ms" if view.e2e_ms is not None else "")
-    _shade(out, 0, 0, min(x0, 10 + 8 * len(status)), 24)
-    cv2.putText(out, status, (6, 16), FONT, 0.42, (200, 255, 200), 1, cv2.LINE_AA)
+        y += LINE_H
+    base = out.shape[0] - strip
+    for k, line in enumerate(captions):
+        cv2.putText(out, line, (10, base + 22 + LINE_H * k), FONT, 0.5, (255, 255, 255), 1, cv2.LINE_AA)
     return out
 
 

@@ -29,6 +29,7 @@ if str(ROOT) not in sys.path:
 
 from demo import live_client, live_messages, live_sources, make_sample  # noqa: E402
 from demo.live_sources import iter_media  # noqa: E402
+from demo import live_view  # noqa: E402
 from demo.live_view import draw_overlay  # noqa: E402
 from magtkd_stream import protocol as P  # noqa: E402
 from magtkd_stream.devices import DeviceError  # noqa: E402
@@ -238,14 +239,24 @@ def test_event_view_keeps_the_latest_final_result_and_recent_transcript() -> Non
     assert "joy 0.70" in line and "text=joy" in line and "video" not in line
 
 
-def test_overlay_draws_on_a_copy() -> None:
+def test_overlay_leaves_the_picture_alone_and_wraps_long_lines_beside_and_below_it() -> None:
     frame = np.full((480, 640, 3), 200, np.uint8)
     view = live_messages.EventView()
     view.update(_emotion(0, PROBS))
-    view.update(P.make_transcript("s", 0, "so happy", "Ana", 1.0, 2.0))
+    long_line = "so happy to see you all here tonight, after such a long and difficult year for every one of us " * 2
+    view.update(P.make_transcript("s", 0, long_line, "Ana", 1.0, 2.0))
     out = draw_overlay(frame, view)
-    assert out.shape == frame.shape and (frame == 200).all()
-    assert (out[:150, -200:] != 200).any() and (out[-30:, :300] != 200).any()
+    assert (frame == 200).all()  # drawn on a new canvas
+    assert out.shape[1] == 640 + live_view.PANEL_W and out.shape[0] > 480
+    assert (out[:480, :640] == 200).all()  # the picture itself, its captions and name tags, is never covered
+    assert (out[:200, 640:] != 24).any() and (out[480:, :400] != 24).any()  # panel and caption strip drawn
+    lines = live_view.wrap_text("Ana: " + long_line, 640 + live_view.PANEL_W - 20, 0.5)
+    assert len(lines) >= 2 and " ".join(lines) == "Ana: " + long_line.strip()  # wrapped, not cut at the edge
+    import cv2
+
+    assert all(cv2.getTextSize(x, live_view.FONT, 0.5, 1)[0][0] <= 640 + live_view.PANEL_W - 20 for x in lines)
+    view.update({**_emotion(6, PROBS), "status": "failed", "error": "text#0 failed"})
+    assert view.status == "utterance 7 failed: text#0 failed"  # numbered from 1, as people count
 
 
 # ------------------------------------------------------------------ live client: --file against a real gateway
@@ -458,9 +469,15 @@ const framer = new app.Framer(320);
 const frames = framer.push(app.floatToPcm16(whole)).concat(framer.flush());
 out.frames = frames.map((f) => Buffer.from(f).toString("base64"));
 let s = app.initialState();
-for (const msg of input) s = app.foldEvent(s, msg);
+for (const msg of input.slice(0, 3)) s = app.foldEvent(s, msg);
 out.state = s;
 out.badSession = app.checkInputs("ws://h:1/", "t", "a b");
+out.whoBefore = app.whoLine(app.initialState());
+out.who = app.whoLine(s);
+out.closes = [1006, 1000, 4403].map((c) => app.describeClose(c, c === 4403 ? "forbidden" : "", "ws://h:1/"));
+let t = app.initialState();
+for (const msg of input.slice(3)) t = app.foldEvent(t, msg);
+out.later = t;
 console.log(JSON.stringify(out));
 """
 
@@ -471,7 +488,13 @@ def test_web_page_code_speaks_the_protocol() -> None:
         pytest.skip("Node.js is not installed; the page's JavaScript cannot be run here")
     events = [{**_emotion(0, PROBS), "session": "web", "seq": 2},
               {**P.make_transcript("web", 0, "so happy", "Ana", 1.0, 2.0), "seq": 3},
-              {**_emotion(0, {"anger": 0.8, "joy": 0.1, "neutral": 0.1}, final=False), "session": "web", "seq": 4}]
+              {**_emotion(0, {"anger": 0.8, "joy": 0.1, "neutral": 0.1}, final=False), "session": "web", "seq": 4},
+              # a second subscription, folded from here on: transcripts first, as the server sends them
+              {**P.make_transcript("web", 6, "so happy", "Ana", 1.0, 2.0), "seq": 5},
+              {**_emotion(6, PROBS), "session": "web", "seq": 6},
+              {**P.make_transcript("web", 7, "oh no", "Ana", 3.0, 4.0), "seq": 7},
+              {**_emotion(7, PROBS), "session": "web", "seq": 8, "status": "failed", "label": None, "probs": None,
+               "error": "text#0 failed"}]
     proc = subprocess.run([node, "-e", NODE_SCRIPT, str(WEB / "app.js")], input=json.dumps(events),
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
@@ -494,6 +517,13 @@ def test_web_page_code_speaks_the_protocol() -> None:
     assert (state["label"], state["probs"]["joy"], state["lastSeq"], state["interim"]) == ("joy", 0.7, 4, False)
     assert state["modalities"]["video"]["present"] is False and state["transcript"][0]["text"] == "so happy"
     assert "session" in out["badSession"]
+    assert out["whoBefore"] == "no utterance yet"
+    assert out["who"] == "Ana · utterance 1 · answered 120 ms after the end of speech"  # counted from 1
+    assert "cannot reach the server at ws://h:1/" in out["closes"][0] and "(1006)" not in out["closes"][0]
+    assert out["closes"][1] == "the server closed the connection" and out["closes"][2] == "connection closed (4403): forbidden"
+    later = out["later"]
+    assert [(line["utterance"], line["label"]) for line in later["transcript"]] == [(6, "joy"), (7, "failed")]
+    assert later["statusKind"] == "error" and later["status"] == "utterance 8 failed: text#0 failed"
 
 
 def _browser() -> Optional[str]:

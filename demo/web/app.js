@@ -116,8 +116,17 @@ class Framer {
 // ------------------------------------------------------------------ events
 
 function initialState() {
-  return { status: "not connected", label: null, probs: {}, modalities: {}, speaker: null, text: "",
-           utterance: null, interim: false, e2e: null, transcript: [], lastSeq: 0, sessions: {} };
+  return { status: "not connected", statusKind: "info", label: null, probs: {}, modalities: {}, speaker: null,
+           text: "", utterance: null, interim: false, e2e: null, transcript: [], lastSeq: 0, sessions: {},
+           utterances: 0 };
+}
+
+// Why a websocket closed, in words: 1006 is what a browser reports when no server answered or it went away.
+function describeClose(code, reason, url) {
+  if (code === 1006) return "cannot reach the server at " + url + " (it is not running, or the address is wrong)";
+  if (code === 1000) return "the server closed the connection" + (reason ? ": " + reason : "");
+  if (code === 1001) return "the server is shutting down" + (reason ? ": " + reason : "");
+  return "connection closed (" + code + ")" + (reason ? ": " + reason : "");
 }
 
 // Folds one server message into the view state (returns a new object).
@@ -126,7 +135,11 @@ function foldEvent(state, msg) {
   if (Number.isInteger(msg.seq)) s.lastSeq = Math.max(s.lastSeq, msg.seq);
   switch (msg.type) {
     case "welcome":
-      s.status = msg.role === "subscriber" ? "subscribed to " + msg.session : "publishing " + msg.session;
+      s.statusKind = "info";
+      s.status = msg.role === "subscriber"
+        ? "subscribed to " + msg.session + ": waiting for it to start (a session that has already ended " +
+          "shows its events only while the server remembers it)"
+        : "publishing " + msg.session;
       break;
     case "session_start":
       s.sessions = Object.assign({}, s.sessions, { [msg.session]: "live" });
@@ -134,11 +147,14 @@ function foldEvent(state, msg) {
       break;
     case "session_end":
       s.sessions = Object.assign({}, s.sessions, { [msg.session]: "ended (" + msg.reason + ")" });
-      s.status = "session " + msg.session + " ended (" + msg.reason + ")";
+      s.statusKind = "info";
+      s.status = "session " + msg.session + " ended (" + msg.reason + ")" +
+        (s.utterances === 0 ? " before any utterance was heard" : "");
       break;
     case "transcript":
       s.transcript = s.transcript.concat([{ session: msg.session, speaker: msg.speaker, text: msg.text,
-                                            start: msg.start, end: msg.end, utterance: msg.utterance }]).slice(-50);
+                                            start: msg.start, end: msg.end, utterance: msg.utterance,
+                                            label: null }]).slice(-50);
       break;
     case "emotion":
     case "emotion_interim":
@@ -151,15 +167,27 @@ function foldEvent(state, msg) {
       s.utterance = msg.utterance;
       s.interim = msg.type === "emotion_interim";
       s.e2e = msg.timing ? msg.timing.e2e_ms : null;
-      if (msg.status === "failed") s.status = "utterance " + msg.utterance + " failed: " + msg.error;
+      if (msg.type === "emotion") {
+        s.utterances += 1;
+        // the history line of this utterance gets its emotion (or "failed")
+        s.transcript = s.transcript.map((line) => line.session === msg.session && line.utterance === msg.utterance
+          ? Object.assign({}, line, { label: msg.status === "failed" ? "failed" : msg.label }) : line);
+      }
+      if (msg.status === "failed") {
+        s.statusKind = "error";
+        s.status = "utterance " + (msg.utterance + 1) + " failed: " + msg.error;
+      }
       break;
     case "gap":
+      s.statusKind = "error";
       s.status = "missed events " + msg.from_seq + ".." + msg.to_seq + " of " + msg.session;
       break;
     case "dropped":
+      s.statusKind = "error";
       s.status = "dropped by the server: " + msg.reason;
       break;
     case "error":
+      s.statusKind = "error";
       s.status = "error " + msg.code + ": " + msg.message;
       break;
     default:
@@ -168,9 +196,18 @@ function foldEvent(state, msg) {
   return s;
 }
 
+// "Ana · utterance 8 · answered 548 ms after the end of speech" (utterances counted from 1, as people count).
+function whoLine(state) {
+  if (state.utterance === null) return state.utterances === 0 ? "no utterance yet" : "";
+  const parts = [state.speaker || "unknown speaker", "utterance " + (state.utterance + 1)];
+  if (state.e2e !== null) parts.push("answered " + Math.round(state.e2e) + " ms after the end of speech");
+  return parts.join(" · ");
+}
+
 if (typeof module !== "undefined" && module.exports) {
   module.exports = { PROTOCOL_VERSION, TARGET_RATE, TAG_AUDIO, publisherHello, subscriberHello, endMessage,
-                     checkInputs, Downsampler, floatToPcm16, audioFrame, Framer, initialState, foldEvent };
+                     checkInputs, Downsampler, floatToPcm16, audioFrame, Framer, initialState, foldEvent,
+                     describeClose, whoLine };
 }
 
 // ------------------------------------------------------------------ page
@@ -190,11 +227,10 @@ if (typeof document !== "undefined") {
 
   function render() {
     $("status").textContent = state.status;
+    $("status").className = state.statusKind === "error" ? "error" : "";
     $("label").textContent = state.label ? state.label + (state.interim ? " (interim)" : "") : "-";
     $("label").dataset.label = state.label || "";
-    $("who").textContent = state.utterance === null ? "" :
-      (state.speaker || "unknown speaker") + " - utterance " + state.utterance +
-      (state.e2e === null ? "" : " - " + Math.round(state.e2e) + " ms");
+    $("who").textContent = whoLine(state);
     $("said").textContent = state.text || "";
     const bars = $("bars");
     bars.replaceChildren();
@@ -223,6 +259,11 @@ if (typeof document !== "undefined") {
       const item = el("li");
       item.append(el("span", "time", "[" + Number(line.start).toFixed(1) + "s] "),
                   el("b", "", (line.speaker || line.session) + ": "), el("span", "", line.text));
+      if (line.label) {
+        const tag = el("span", "tag", line.label);
+        tag.dataset.label = line.label;
+        item.append(" ", tag);
+      }
       list.append(item);
     }
   }
@@ -250,8 +291,9 @@ if (typeof document !== "undefined") {
     sub = ws;
     ws.onopen = () => ws.send(subscriberHello(v.token, v.session, v.session === "*" ? 0 : resume));
     ws.onmessage = (e) => show(JSON.parse(e.data));
-    ws.onerror = () => show({ type: "error", code: "connection", message: "cannot reach " + v.url });
-    ws.onclose = (e) => { if (sub === ws) { sub = null; show({ type: "error", code: "closed", message: "connection closed (" + e.code + ") " + e.reason }); } };
+    ws.onclose = (e) => {
+      if (sub === ws) { sub = null; show({ type: "error", code: "closed", message: describeClose(e.code, e.reason, v.url) }); }
+    };
   }
 
   const TAP_SOURCE =

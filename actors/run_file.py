@@ -31,6 +31,8 @@ from magtkd_stream.protocol import make_session_end, make_session_start
 from magtkd_stream.vector_tap import VectorRecorder
 
 PrintFn = Callable[[str], Any]
+STARTING = ("starting the recognizer ({profile} profile): Ray and its actors load their models, 10-30 s on a "
+            "CPU ...")
 
 
 def session_name(path: Union[str, Path]) -> str:
@@ -159,6 +161,24 @@ async def replay(
         await sink.end(session)
 
 
+PROGRESS_EVERY_S = 15.0  # a line this often while no utterance comes (a long silence, a slow start)
+
+
+async def _progress(events: list[dict[str, Any]], duration_s: Optional[float], replayed: Callable[[], float],
+                    print_fn: Optional[PrintFn], every_s: float = PROGRESS_EVERY_S) -> None:
+    """Say how far the replay is whenever `every_s` pass without a new emotion line."""
+    if print_fn is None:
+        return
+    seen = 0
+    while True:
+        await asyncio.sleep(every_s)
+        done = sum(1 for e in events if e.get("type") == "emotion")
+        if done == seen:
+            total = f" of {_clock(duration_s)}" if duration_s else ""
+            print_fn(f"... {_clock(replayed())}{total} replayed, {done} utterance(s) so far")
+        seen = done
+
+
 def _take(it: Any, n: int, done: object) -> list[Any]:
     out = []
     for _ in range(n):
@@ -212,6 +232,7 @@ async def run_file_async(
 
     consumer = asyncio.create_task(consume())
     started = time.time()
+    progress = asyncio.create_task(_progress(events, info.duration_s, lambda: counts[0], print_fn))
     bus.start_session(session, make_session_start(session, speaker, info.has_video, 16000, started))
     reason, counts = "end", [0.0, 0]
     try:
@@ -221,6 +242,7 @@ async def run_file_async(
         raise
     finally:
         bus.end_session(session, make_session_end(session, reason, counts[0], int(counts[1]), 0, time.time()))
+        progress.cancel()
         await asyncio.wait_for(consumer, 10.0)
         sub.close()
         await sink.close()
@@ -262,6 +284,8 @@ def run_file(
     """
     probe(path)
     own = pipeline is None
+    if own and print_fn is not None:
+        print_fn(STARTING.format(profile=cfg.profile))
     pipe = pipeline or Pipeline.start(cfg, address)
     try:
         return asyncio.run(run_file_async(pipe, path, fast, out_jsonl, print_fn, session, speaker, max_fps,
@@ -307,6 +331,8 @@ def run_files(
         probe(p)
     sessions = unique_sessions(paths)
     own = pipeline is None
+    if own and print_fn is not None:
+        print_fn(STARTING.format(profile=cfg.profile))
     pipe = pipeline or Pipeline.start(cfg, address)
 
     async def all_files() -> list[dict[str, Any]]:

@@ -526,22 +526,15 @@ def test_web_page_code_speaks_the_protocol() -> None:
     assert later["statusKind"] == "error" and later["status"] == "utterance 8 failed: text#0 failed"
 
 
-def _browser() -> Optional[str]:
-    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
-
-
 @pytest.mark.slow
 def test_web_page_publishes_a_microphone_and_shows_the_events_in_a_browser(gateway, tmp_path: Path) -> None:
     """Headless Chromium with its fake microphone, driven over the DevTools protocol."""
     import functools
-    import time
-    import urllib.request
     from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
-    from websockets.sync.client import connect
+    from demo.headless import HeadlessPage, find_browser
 
-    browser = _browser()
-    if browser is None:
+    if find_browser() is None:
         if os.environ.get("MAGTKD_REQUIRE_BROWSER"):
             pytest.fail("MAGTKD_REQUIRE_BROWSER is set (CI) but no Chromium/Chrome is on PATH")
         pytest.skip("no Chromium/Chrome on PATH; the page cannot be run in a browser here")
@@ -549,52 +542,25 @@ def test_web_page_publishes_a_microphone_and_shows_the_events_in_a_browser(gatew
     quiet = type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *a: None})
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(quiet, directory=str(WEB)))
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    proc = subprocess.Popen(
-        [browser, "--headless=new", "--no-sandbox", "--disable-gpu", "--remote-debugging-port=0",
-         f"--user-data-dir={tmp_path}", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-         "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    STATUS = "document.getElementById('status').textContent"
     try:
-        port_file = tmp_path / "DevToolsActivePort"
-        for _ in range(300):
-            if port_file.is_file() and port_file.read_text().strip():
-                break
-            time.sleep(0.1)
-        port = int(port_file.read_text().split()[0])
-        targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10))
-        page = next(t for t in targets if t["type"] == "page")
-        with connect(page["webSocketDebuggerUrl"], max_size=None) as dev:
-            ids = iter(range(1, 10_000))
-
-            def js(expr: str) -> Any:
-                i = next(ids)
-                dev.send(json.dumps({"id": i, "method": "Runtime.evaluate",
-                                     "params": {"expression": expr, "returnByValue": True, "awaitPromise": True}}))
-                while (reply := json.loads(dev.recv(timeout=20))).get("id") != i:
-                    pass
-                return reply["result"]["result"].get("value")
-
-            def wait_for(expr: str, timeout: float = 20.0) -> None:
-                end = time.monotonic() + timeout
-                while not js(expr):
-                    assert time.monotonic() < end, f"{expr} never held; status: {js(STATUS)}"
-                    time.sleep(0.2)
-
-            STATUS = "document.getElementById('status').textContent"
-            dev.send(json.dumps({"id": 0, "method": "Page.navigate", "params": {
-                "url": f"http://127.0.0.1:{httpd.server_port}/index.html?url={url}&token={TOKEN}&session=web"}}))
-            wait_for("document.readyState === 'complete' && document.getElementById('token').value !== ''")
-            js("document.getElementById('mic').click()")
-            wait_for("document.getElementById('label').textContent === 'joy'")
-            bars = js("[...document.querySelectorAll('#bars .bar')].map(b => b.innerText.replace(/\\s+/g, ' '))")
+        with HeadlessPage(user_data_dir=tmp_path) as page:
+            page.navigate(f"http://127.0.0.1:{httpd.server_port}/index.html?url={url}&token={TOKEN}&session=web")
+            page.wait_for("document.getElementById('token').value !== ''")
+            assert page.js("document.getElementById('who').textContent") == "no utterance yet"
+            page.js("document.getElementById('mic').click()")
+            page.wait_for("document.getElementById('label').textContent === 'joy'", describe=STATUS)
+            bars = page.js("[...document.querySelectorAll('#bars .bar')].map(b => b.innerText.replace(/\\s+/g, ' '))")
             assert bars == ["anger 0.10", "joy 0.70", "neutral 0.20"]
-            assert js("document.getElementById('modalities').innerText").split("\n") == [
+            assert page.js("document.getElementById('modalities').innerText").split("\n") == [
                 "text: joy 0.70", "audio: joy 0.70", "video: absent"]
-            js("document.getElementById('mic').click()")
-            wait_for(f"{STATUS}.includes('ended (end)')")
+            who = page.js("document.getElementById('who').textContent")
+            assert re.fullmatch(r".+ · utterance [1-9]\d* · answered \d+ ms after the end of speech", who), who
+            page.js("document.getElementById('mic').click()")
+            page.wait_for(f"{STATUS}.includes('ended (end)')", describe=STATUS)
+            assert page.js("document.getElementById('status').className") == ""  # an ordinary status, not an error
         assert sink.opened == (None, False) and sink.samples >= 32000
     finally:
-        proc.terminate()
-        proc.wait(10)
         httpd.shutdown()
 
 

@@ -10,7 +10,6 @@ torch / CTranslate2 thread count comes from the config.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import logging
 import os
 import socket
@@ -77,15 +76,6 @@ def checkpoint_path(cfg: Config) -> Optional[str]:
     # Read it here, in the caller, so a damaged or foreign file is one clear CheckpointError before Ray starts.
     load_checkpoint(path, expect_labels=label_set(cfg.labels), expect_profile=cfg.profile)
     return str(path)
-
-
-def model_id(path: str, profile: str) -> str:
-    """Stable id of a checkpoint: profile, file name and the first 12 hex digits of its SHA-256."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return f"{profile}:{Path(path).name}@{digest.hexdigest()[:12]}"
 
 
 class ASRWorker:
@@ -265,7 +255,7 @@ class FusionWorker:
 
         _pin_threads(threads)
         if checkpoint is not None:
-            from magtkd_stream.checkpoint import load_checkpoint
+            from magtkd_stream.checkpoint import load_checkpoint, model_id
 
             ck = load_checkpoint(checkpoint, expect_labels=label_set(cfg.labels), expect_profile=cfg.profile)
             trained = {m: int(d) for m, d in (ck.extra.get("encoder_dims") or {}).items()}

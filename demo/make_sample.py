@@ -42,7 +42,7 @@ if __package__ in (None, ""):  # run as a script: make `demo` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from training.data.media import load_audio, load_frames, probe, mux_mp4
-from training.data.synthetic import AUDIO_RATE, Voice, _speak, _video_codec
+from training.data.synthetic import AUDIO_RATE, Voice, speak, video_codec
 from training.data.types import MediaSpan
 
 HERE = Path(__file__).resolve().parent
@@ -195,7 +195,7 @@ def synthesize(workdir: Path) -> tuple[np.ndarray, list[dict]]:
     cursor = len(pieces[0])
     utterances: list[dict] = []
     for i, (who, emotion, text) in enumerate(LINES):
-        speech = _tighten(_trim(_speak(text, SPEAKERS[who].voice, emotion, workdir)))
+        speech = _tighten(_trim(speak(text, SPEAKERS[who].voice, emotion, workdir)))
         if i:
             pieces.append(np.zeros(int(GAP_S * AUDIO_RATE), np.int16))
             cursor += len(pieces[-1])
@@ -278,7 +278,7 @@ def write_media(path: Path, faces_dir: Path, track: np.ndarray, utterances: list
             speaking = current["start"] <= t <= current["end"]
             yield render_frame(views[who, current["emotion"]], SPEAKERS[who], current["text"], speaking, levels[i])
 
-    vcodec = _video_codec(av)
+    vcodec = video_codec(av)
     options = {"crf": str(CRF), "preset": "medium", "g": str(2 * FPS)} if vcodec == "libx264" else {}
     mux_mp4(path, frames(), pcm, AUDIO_RATE, FPS, (WIDTH, HEIGHT), vcodec, options, AUDIO_BITRATE)
     return duration

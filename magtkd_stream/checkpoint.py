@@ -114,3 +114,15 @@ def load_checkpoint(
         version=version,
         extra=dict(meta.get("extra", {})),
     )
+
+
+def model_id(path: str | Path, profile: str) -> str:
+    """Stable id of a checkpoint: profile, file name and the first 12 hex digits of its SHA-256 (every event's
+    `model`; training records it so that served vectors can be traced to the checkpoint that made them)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return f"{profile}:{Path(path).name}@{digest.hexdigest()[:12]}"

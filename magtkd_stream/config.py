@@ -312,11 +312,17 @@ class TrainConfig:
     # counts for this many utterances; 0 = off. The heads train on normalised vectors and the
     # checkpoint carries the prior, so the service normalises each session's speakers the same way.
     speaker_norm: float = 0.0
+    # Augmented copies of each training speech clip for a frozen audio backbone's head (gain, noise, room,
+    # speed, AAC; training/audio_augment.py), each copy a session of its own for speaker_norm; 0 = off.
+    augment_copies: int = 0
 
     def __post_init__(self) -> None:
         _check(isinstance(self.speaker_norm, (int, float)) and not isinstance(self.speaker_norm, bool)
                and self.speaker_norm >= 0, "train.speaker_norm",
                f"must be a number >= 0 (0 = off), got {self.speaker_norm!r}")
+        _check(isinstance(self.augment_copies, int) and not isinstance(self.augment_copies, bool)
+               and 0 <= self.augment_copies <= 16, "train.augment_copies",
+               f"must be an integer in [0, 16] (0 = off), got {self.augment_copies!r}")
 
 
 @dataclass

@@ -26,3 +26,41 @@ def test_library_imports_without_heavy_dependencies() -> None:
     loaded = out[1] if len(out) > 1 else ""
     assert count >= 5, "walked too few modules: the check would prove nothing"
     assert loaded == "", f"module-top imports of {loaded} in magtkd_stream"
+
+
+def _imports(package: str) -> list[tuple[str, str, int]]:
+    """(module file, imported module, line) for every import statement of a top-level package, lazy ones too."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = []
+    for path in sorted((root / package).rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                out += [(str(path.relative_to(root)), a.name, node.lineno) for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                names = [f"{node.module}.{a.name}" for a in node.names]
+                out += [(str(path.relative_to(root)), n, node.lineno) for n in names]
+    return out
+
+
+# The library's CLI dispatches to the service (actors/) lazily: the one place the library reaches up.
+LIBRARY_EXCEPTIONS = {"magtkd_stream/cli.py"}
+
+
+def test_the_layers_import_only_downwards() -> None:
+    """magtkd_stream <- training, actors <- demo: the library imports neither actors nor training (but its CLI's
+    lazy dispatch), training and actors never import each other, and demo uses only public names."""
+    found = {pkg: _imports(pkg) for pkg in ("magtkd_stream", "training", "actors", "demo")}
+    assert all(found.values()), "walked no imports: the check would prove nothing"
+    up = [(f, m, n) for f, m, n in found["magtkd_stream"] if m.split(".")[0] in ("actors", "training", "demo")
+          and f not in LIBRARY_EXCEPTIONS]
+    assert not up, f"the library imports the layers above it: {up}"
+    across = [(f, m, n) for f, m, n in found["training"] if m.split(".")[0] in ("actors", "demo")]
+    across += [(f, m, n) for f, m, n in found["actors"] if m.split(".")[0] in ("training", "demo")]
+    assert not across, f"training and actors import each other (or demo): {across}"
+    private = [(f, m, n) for f, m, n in found["demo"] if m.split(".")[0] in ("magtkd_stream", "training", "actors")
+               and any(part.startswith("_") and not part.startswith("__") for part in m.split(".")[1:])]
+    assert not private, f"demo imports private names: {private}"

@@ -19,7 +19,7 @@ import torch
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from magtkd_stream.checkpoint import load_checkpoint  # noqa: E402
-from magtkd_stream.config import load_config  # noqa: E402
+from magtkd_stream.config import ConfigError, load_config  # noqa: E402
 from magtkd_stream.encoders import build_encoder  # noqa: E402
 from magtkd_stream.fusion import FusionModel  # noqa: E402
 from magtkd_stream.labels import MELD_LABELS  # noqa: E402
@@ -446,3 +446,20 @@ def test_text_teacher_trains_on_asr_style_turns_and_scores_dev_both_ways(data: D
     scored = [t for training, t in seen if not training]
     assert trained and not any("!" in t for t in trained)  # every training turn read as ASR output
     assert any("!" in t for t in scored)  # dev and test were also scored as typed
+
+
+def test_augmented_copies_of_the_training_clips_join_the_audio_head_s_training(data: Dataset, tmp_path: Path) -> None:
+    from training.stage1 import train_stage1
+
+    plain = train_stage1(_cfg("train.stage1.epochs=1"), data, "audio", run=tmp_path / "plain", progress=False)
+    cfg = _cfg("train.stage1.epochs=1", "train.augment_copies=2", "train.speaker_norm=2")
+    encoder = build_encoder("audio", cfg)
+    encoder.set_trainable_layers(0)
+    counter = RowCounter(encoder)
+    result = train_stage1(cfg, data, "audio", run=tmp_path / "aug", encoder=encoder, progress=False)
+    clean = plain.metrics["counts"]["train"]["used"]
+    assert result.metrics["counts"]["train"]["used"] == 3 * clean  # two copies of every usable training clip
+    assert result.metrics["counts"]["dev"]["used"] == plain.metrics["counts"]["dev"]["used"]  # dev stays clean
+    assert counter.rows >= 2 * clean and len(list((tmp_path / "aug" / "cache").glob("*-aug1-*.npz"))) == 1
+    with pytest.raises(ConfigError, match="train.augment_copies"):
+        _cfg("train.augment_copies=-1")

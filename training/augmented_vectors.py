@@ -8,6 +8,7 @@ that cannot be decoded is skipped and reported absent, as in stage 1.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -87,3 +88,32 @@ def augmented_backbone(encoder: Encoder, refs: Sequence[UttRef], cfg: Config, co
         np.savez(tmp, vectors=vectors.numpy(), ok=ok.numpy())
         tmp.replace(path)
     return Encoded(vectors=vectors, ok=ok)
+
+
+def augmented_ref(ref: UttRef, copy: int) -> UttRef:
+    """The same clip as copy `copy`: a speaker (session) and uid of its own, everything else shared."""
+    utts = list(ref.dialogue.utterances)
+    utt = utts[ref.pos]
+    utts[ref.pos] = dataclasses.replace(utt, uid=f"{utt.uid}@aug{copy}", speaker=f"{utt.speaker}@aug{copy}")
+    return UttRef(dataclasses.replace(ref.dialogue, did=f"{ref.dialogue.did}@aug{copy}", utterances=utts), ref.pos)
+
+
+def augment_split(encoder: Encoder, refs: list[UttRef], rows: list[int], enc: Encoded, cfg: Config, copies: int,
+                  cache_dir: Optional[Path], name: str) -> tuple[list[int], Encoded]:
+    """Append `copies` augmented copies of the rows' clips to `refs` (in place); the rows and vectors with them.
+
+    `enc` holds the vectors of `rows` in order (as stage 1 keeps them); copies of
+    rows without audio are left out.
+    """
+    sub = [refs[i] for i in rows]
+    settings = AugmentSettings()
+    all_rows, parts, oks = list(rows), [enc.vectors], [enc.ok]
+    for k in range(copies):
+        aug = augmented_backbone(encoder, sub, cfg, k, cfg.seed, settings, cache_dir, name)
+        keep = [j for j in range(len(sub)) if bool(enc.ok[j]) and bool(aug.ok[j])]
+        start = len(refs)
+        refs.extend(augmented_ref(sub[j], k) for j in keep)
+        all_rows.extend(range(start, len(refs)))
+        parts.append(aug.vectors[keep])
+        oks.append(aug.ok[keep])
+    return all_rows, Encoded(torch.cat(parts), torch.cat(oks))

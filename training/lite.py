@@ -319,7 +319,7 @@ def _vector_settings(section: Any) -> dict[str, Any]:
 def served_features(served: Sequence[Path], checkpoint: Path, cfg: Config, run: RunFolder,
                     models: Mapping[str, Stage1Result]) -> list[Path]:
     """Features folders (one per served run) of stage-2 dialogues made of what the service computed."""
-    from actors.encoders import model_id
+    from magtkd_stream.checkpoint import model_id
     from magtkd_stream.vector_tap import load_vectors
     from training.features import save_features
     from training.served import served_dialogues

@@ -272,8 +272,18 @@ def train_stage1(
             enc = cached_backbone(encoder, sub, modality, cfg, settings.eval_batch_size, cache_dir,
                                   f"{modality}-{dataset.name}-{s}", problems[s], settings.num_workers, progress)
             encoded[s] = (rows[s], enc)
-        if modality == "audio" and cfg.train.speaker_norm > 0:  # as the service normalises each speaker
-            norm = prior_of(encoded["train"][1], cfg.train.speaker_norm)
+        norm = (prior_of(encoded["train"][1], cfg.train.speaker_norm)
+                if modality == "audio" and cfg.train.speaker_norm > 0 else None)
+        if modality == "audio" and cfg.train.augment_copies > 0:  # prior above: from the clean clips only
+            from training.augmented_vectors import augment_split
+
+            encoded["train"] = augment_split(encoder, refs["train"], *encoded["train"], cfg,
+                                             cfg.train.augment_copies, cache_dir, f"{modality}-{dataset.name}-train")
+            rows["train"] = encoded["train"][0]
+            labels["train"] = _labels(refs["train"])
+            logger.info("stage 1 %s: %d augmented copies of each training clip, %d rows in all", name,
+                        cfg.train.augment_copies, len(rows["train"]))
+        if modality == "audio" and norm is not None:  # as the service normalises each speaker
             speaker_norm = {"audio": norm.to_dict()}
             encoded = {s: (r, normalize_by_speaker(e, [refs[s][i] for i in r], norm, cfg.seed))
                        for s, (r, e) in encoded.items()}

@@ -129,7 +129,7 @@ def _format_time(seconds: float) -> str:
     return f"{h:02d}:{m:02d}:{s:02d},{ms:03d}"
 
 
-def _speak(text: str, voice: Voice, emotion: str, workdir: Path) -> np.ndarray:
+def speak(text: str, voice: Voice, emotion: str, workdir: Path) -> np.ndarray:
     """int16 mono samples at AUDIO_RATE of espeak-ng speaking `text`."""
     exe = shutil.which("espeak-ng")
     if exe is None:
@@ -199,7 +199,8 @@ class _Faces:
         return img[self.resize][:, self.resize]
 
 
-def _video_codec(av) -> str:
+def video_codec(av) -> str:
+    """The first H.264 (else MPEG-4) encoder this PyAV build has: the codec media files are written with."""
     for name in ("libx264", "h264", "mpeg4"):
         try:
             av.codec.Codec(name, "w")
@@ -274,7 +275,7 @@ def make_synthetic_meld(
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     av = require("av", "av", why="writing synthetic clips") if with_clips else None
-    vcodec = _video_codec(av) if with_clips else ""
+    vcodec = video_codec(av) if with_clips else ""
     face_bank = _Faces(faces) if faces is not None and with_clips else None
     manifest: dict = {"seed": seed, "n_dialogues": sizes, "with_clips": with_clips, "defects": {}, "counts": {}}
     with tempfile.TemporaryDirectory(prefix="synthetic_meld_") as tmp:
@@ -291,7 +292,7 @@ def make_synthetic_meld(
                     kind = defect[0] if defect is not None and defect[1] == name else None
                     if kind == "missing":
                         continue
-                    samples = _speak(row["Utterance"], voice, emotion, Path(tmp))
+                    samples = speak(row["Utterance"], voice, emotion, Path(tmp))
                     if kind == "long":
                         samples = np.concatenate([samples, np.zeros(int(LONG_CLIP_S * AUDIO_RATE) - len(samples), np.int16)])
                     duration = len(samples) / AUDIO_RATE + 0.2

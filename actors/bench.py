@@ -218,7 +218,7 @@ class RssSampler:
 
         self.period_s = period_s
         self.series: Optional[list[tuple[float, float]]] = [] if keep_series else None  # (wall, total MB)
-        # (wall, CPU seconds of the whole machine, CPU seconds of this process and the actors): what else
+        # (wall, CPU seconds of the whole machine, CPU seconds of this process and its descendants): what else
         # ran beside the service, so that a slow stretch of a long run can be told from contention
         self.cpu_series: Optional[list[tuple[float, float, float]]] = [] if keep_series else None
         self.me = psutil.Process()
@@ -232,12 +232,10 @@ class RssSampler:
         import psutil
 
         driver = self.me.memory_info().rss
-        own_cpu = _cpu_seconds(self.me)
         actors = 0
         for proc in self.actors:
             try:
                 actors += proc.memory_info().rss
-                own_cpu += _cpu_seconds(proc)
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
         mb = 1 / (1 << 20)
@@ -245,6 +243,12 @@ class RssSampler:
         if self.series is not None:
             self.series.append((now, round((driver + actors) * mb, 1)))
         if self.cpu_series is not None:
+            own_cpu = _cpu_seconds(self.me)  # and every process below it: Ray's own services and its workers
+            for proc in self.me.children(recursive=True):
+                try:
+                    own_cpu += _cpu_seconds(proc)
+                except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                    continue
             machine = psutil.cpu_times()
             busy = machine.user + machine.system + getattr(machine, "nice", 0.0) + getattr(machine, "irq", 0.0) \
                 + getattr(machine, "softirq", 0.0)

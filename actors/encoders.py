@@ -21,6 +21,7 @@ import numpy as np
 
 from actors.batching import MicroBatcher
 from magtkd_stream.config import Config
+from magtkd_stream.rates import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
@@ -108,10 +109,10 @@ class ASRWorker:
 
         t0 = time.perf_counter()
         if isinstance(self.asr, WhisperASR):
-            noise = np.random.default_rng(0).normal(0, 0.05, 16000).astype(np.float32)
+            noise = np.random.default_rng(0).normal(0, 0.05, SAMPLE_RATE).astype(np.float32)
             await self.batcher.submit([np.clip(noise, -1, 1)])
         else:
-            await self.batcher.submit([np.zeros(16000, dtype=np.float32)])
+            await self.batcher.submit([np.zeros(SAMPLE_RATE, dtype=np.float32)])
         return {"warmup_ms": (time.perf_counter() - t0) * 1e3}
 
     async def ping(self) -> dict[str, Any]:
@@ -210,7 +211,7 @@ class EncoderWorker:
         if self.modality == "text":
             dummy = TextInput("A", "Hello there, how are you?", [("B", "Fine, thanks.")])
         elif self.modality == "audio":
-            dummy = AudioInput(np.clip(np.random.default_rng(0).normal(0, 0.05, 16000), -1, 1).astype(np.float32))
+            dummy = AudioInput(np.clip(np.random.default_rng(0).normal(0, 0.05, SAMPLE_RATE), -1, 1).astype(np.float32))
         else:
             dummy = VideoInput([np.full((96, 96, 3), 128, dtype=np.uint8)] * 2)
         t0 = time.perf_counter()

@@ -29,6 +29,7 @@ from magtkd_stream.bus import BusEvent, EventBus
 from magtkd_stream.config import Config
 from magtkd_stream.protocol import make_session_end, make_session_start
 from magtkd_stream.vector_tap import VectorRecorder
+from magtkd_stream.rates import SAMPLE_RATE
 
 PrintFn = Callable[[str], Any]
 STARTING = ("starting the recognizer ({profile} profile): Ray and its actors load their models, 10-30 s on a "
@@ -233,7 +234,7 @@ async def run_file_async(
     consumer = asyncio.create_task(consume())
     started = time.time()
     progress = asyncio.create_task(_progress(events, info.duration_s, lambda: counts[0], print_fn))
-    bus.start_session(session, make_session_start(session, speaker, info.has_video, 16000, started))
+    bus.start_session(session, make_session_start(session, speaker, info.has_video, SAMPLE_RATE, started))
     reason, counts = "end", [0.0, 0]
     try:
         await replay(sink, path, session, speaker, fast, max_fps, counts)

@@ -82,8 +82,9 @@ def windows(rows: Sequence[tuple[float, float]], width_s: float) -> list[dict[st
 
 def other_cpu(samples: Sequence[tuple[float, float, float]], t0: float, width_s: float,
               cores: int) -> list[dict[str, Any]]:
-    """Per window: cores' worth of CPU that processes outside the service used (machine busy time minus the
-    driver's and the actors'), so a slow window can be told from a machine that was shared."""
+    """Per window: cores' worth of CPU that processes outside the service used (machine busy time minus that of
+    the driver and its descendants: Ray's services and actors), so a slow window can be told from a shared
+    machine. A process that ended inside a window takes its CPU time with it, so other_cores is an upper bound."""
     out = []
     if len(samples) < 2:
         return out

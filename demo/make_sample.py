@@ -44,6 +44,7 @@ if __package__ in (None, ""):  # run as a script: make `demo` importable
 from training.data.media import load_audio, load_frames, probe, mux_mp4
 from training.data.synthetic import AUDIO_RATE, Voice, speak, video_codec
 from training.data.types import MediaSpan
+from magtkd_stream.rates import SAMPLE_RATE
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "samples"
@@ -345,14 +346,14 @@ def check_sample(media: Path, script: Path) -> list[str]:
         problems.append(f"{media.name} needs an audio and a video stream (audio={info.has_audio}, video={info.has_video})")
     if info.duration is None or abs(info.duration - doc["duration"]) > 0.25:
         problems.append(f"duration {info.duration} s differs from the script's {doc['duration']} s")
-    audio = load_audio(MediaSpan(str(media)), sr=16000)
+    audio = load_audio(MediaSpan(str(media)), sr=SAMPLE_RATE)
     detector = face_detector()
     utts = doc["utterances"]
     frames = middle_frames(media, utts)
     for k, (u, frame) in enumerate(zip(utts, frames)):
-        speech = audio[int(u["start"] * 16000) : int(u["end"] * 16000)]
+        speech = audio[int(u["start"] * SAMPLE_RATE) : int(u["end"] * SAMPLE_RATE)]
         gap_end = utts[k + 1]["start"] if k + 1 < len(utts) else doc["duration"]
-        gap = audio[int((u["end"] + 0.15) * 16000) : int((gap_end - 0.15) * 16000)]
+        gap = audio[int((u["end"] + 0.15) * SAMPLE_RATE) : int((gap_end - 0.15) * SAMPLE_RATE)]
         rms_speech = float(np.sqrt(np.mean(speech**2))) if len(speech) else 0.0
         rms_gap = float(np.sqrt(np.mean(gap**2))) if len(gap) else 0.0
         if not rms_speech > max(0.01, 5 * rms_gap):
@@ -423,7 +424,7 @@ def word_error_rates(audio: np.ndarray, utterances: Sequence[dict]) -> list[floa
     asr = build_asr(load_config("lite").encoders.asr)
     out = []
     for u in utterances:
-        speech = audio[max(0, int((u["start"] - 0.2) * 16000)) : int((u["end"] + 0.2) * 16000)]
+        speech = audio[max(0, int((u["start"] - 0.2) * SAMPLE_RATE)) : int((u["end"] + 0.2) * SAMPLE_RATE)]
         out.append(word_error_rate([u["text"]], [asr.transcribe(speech.astype(np.float32)).text]))
     return out
 

@@ -20,10 +20,10 @@ import numpy as np
 
 from magtkd_stream.config import ASRConfig
 from magtkd_stream.resources import require, resolve_model
+from magtkd_stream.rates import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 WINDOW_SECONDS = 30  # the window Whisper was trained on; the longest utterance it takes
 ENCODER_FRAMES = 1500  # encoder states per 30 s window (50 per second)
 FRAMES_PER_SECOND = ENCODER_FRAMES / WINDOW_SECONDS

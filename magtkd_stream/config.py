@@ -15,6 +15,8 @@ from typing import Any, ClassVar, Optional, Sequence
 
 import yaml
 
+from magtkd_stream.rates import SAMPLE_RATE
+
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
 
@@ -57,7 +59,7 @@ class AudioEncoderConfig:
     kind: str = "hf"  # "hf" (data2vec-style waveform model) or "whisper" (pooled ASR encoder pass)
     model: str = "facebook/data2vec-audio-base-960h"
     random_init: Optional[dict[str, Any]] = None
-    sample_rate: int = 16000
+    sample_rate: int = SAMPLE_RATE
     max_seconds: float = 15.0  # longer utterances are cut (logged), never crash
     trainable_layers: int = 0
     window_seconds: float = 30.0  # kind whisper: encoder window, as encoders.asr.window_seconds (must match)
@@ -66,7 +68,7 @@ class AudioEncoderConfig:
         _one_of(self.kind, ("hf", "whisper"), "encoders.audio.kind")
         _check(1.0 <= self.window_seconds <= 30.0, "encoders.audio.window_seconds",
                f"must be in [1, 30] seconds, got {self.window_seconds}")
-        _check(self.sample_rate == 16000, "encoders.audio.sample_rate", "encoders run at 16000 Hz")
+        _check(self.sample_rate == SAMPLE_RATE, "encoders.audio.sample_rate", f"encoders run at {SAMPLE_RATE} Hz")
         _check(0 < self.max_seconds <= 30, "encoders.audio.max_seconds", "must be in (0, 30]")
         _check(self.trainable_layers >= -1, "encoders.audio.trainable_layers", "must be >= -1")
 

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
 from magtkd_stream.schema import SchemaViolation, check, check_server_message, short_json
+from magtkd_stream.rates import SAMPLE_RATE
 
 PROTOCOL_VERSION = 1
-NATIVE_SAMPLE_RATE = 16000
+NATIVE_SAMPLE_RATE = SAMPLE_RATE  # what the recognizer runs at; other SAMPLE_RATES are resampled
 SAMPLE_RATES: tuple[int, ...] = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
 MODALITY_NAMES: tuple[str, ...] = ("text", "audio", "video")
 

@@ -20,10 +20,10 @@ import numpy as np
 
 from magtkd_stream.asr import validate_waveform
 from magtkd_stream.config import _check
+from magtkd_stream.rates import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
-SAMPLE_RATE = 16000
 CHUNK = 512  # samples Silero scores at a time at 16 kHz
 CONTEXT = 64  # samples of the previous chunk the model sees in front of each chunk
 STATE_SHAPE = (1, 1, 128)

@@ -20,7 +20,8 @@ from typing import Any
 
 import numpy as np
 
-SAMPLE_RATE = 16000
+from magtkd_stream.rates import SAMPLE_RATE
+
 
 
 @dataclass(frozen=True)

@@ -34,10 +34,11 @@ from magtkd_stream.labels import MELD_LABELS
 from training.compose import TAIL_S, ConversationPlan, Sources, SpeakerPlan, UtterancePlan
 from training.data.media import load_audio, mux_mp4
 from training.data.types import MediaSpan
+from magtkd_stream.rates import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 
-SR = 16000
+SR = SAMPLE_RATE
 WIDTH, HEIGHT, FPS = 640, 480, 12
 FACE_HEIGHT = 260
 FACE_MAX_WIDTH = 320

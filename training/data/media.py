@@ -18,6 +18,7 @@ import numpy as np
 from magtkd_stream.resources import require
 
 from .types import MediaSpan
+from magtkd_stream.rates import SAMPLE_RATE
 
 
 class MediaError(RuntimeError):
@@ -57,7 +58,7 @@ def probe(path: str | Path) -> ProbeInfo:
         )
 
 
-def load_audio(span: MediaSpan, sr: int = 16000) -> np.ndarray:
+def load_audio(span: MediaSpan, sr: int = SAMPLE_RATE) -> np.ndarray:
     """Decode the span's audio as float32 mono in [-1, 1] at `sr` Hz.
 
     Raises MediaError for a missing/unreadable file or one without audio.

@@ -288,9 +288,11 @@ def sample_face() -> np.ndarray:
 
 
 async def push_with_video(sink: PipelineSink, session: str, audio: np.ndarray, face: np.ndarray) -> None:
-    """Audio with 10 frames a second of media, as a publisher with a camera sends them."""
+    """Audio with 10 frames a second of media, as a publisher with a camera sends them; frame times go on from
+    the audio the session has had so far, as a real stream's do."""
+    t0 = sink.sessions[session].core.samples / SR
     for i in range(0, audio.size, 1600):
-        await sink.video(session, i / SR, face)
+        await sink.video(session, t0 + i / SR, face)
         await sink.audio(session, audio[i : i + 1600])
 
 

@@ -9,6 +9,7 @@ without a sound card.
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
 import shutil
@@ -41,6 +42,7 @@ class HeadlessPage:
         self._ids = itertools.count(1)
         self.proc: Optional[subprocess.Popen] = None
         self.dev: Any = None
+        self._stack = contextlib.ExitStack()
 
     def __enter__(self) -> "HeadlessPage":
         from websockets.sync.client import connect
@@ -61,14 +63,13 @@ class HeadlessPage:
         port = int(port_file.read_text().split()[0])
         targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10))
         page = next(t for t in targets if t["type"] == "page")
-        self.dev = connect(page["webSocketDebuggerUrl"], max_size=None)
+        self.dev = self._stack.enter_context(connect(page["webSocketDebuggerUrl"], max_size=None))
         self.call("Emulation.setDeviceMetricsOverride",
                   {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False})
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.dev is not None:
-            self.dev.close()
+        self._stack.close()  # the DevTools connection
         if self.proc is not None:
             self.proc.terminate()
             try:

@@ -109,3 +109,29 @@ def test_stream_cli_takes_several_files() -> None:
     assert [str(f) for f in args.file] == ["a.mp4", "b.mp4"] and str(args.out_dir) == "ev"
     one = build_parser().parse_args(["run", "a.mp4", "--out", "e.jsonl"])
     assert [str(f) for f in one.file] == ["a.mp4"] and one.out_dir is None
+
+
+def test_by_voice_says_how_the_voice_head_reads_each_kind_of_voice() -> None:
+    from training.score_dev import Match, by_voice
+
+    def utt(i: int, kind: str, cue_type: str, emotion: str) -> dict[str, Any]:
+        u = _utt(i, 2.0 * i, 2.0 * i + 1, emotion, cue_type, "absent")
+        u["sources"] = {"speech": {"kind": kind}}
+        return u
+
+    matches = [
+        Match(utt(0, "ravdess", "voice", "anger"), _event(0, 1, "anger", "neutral", "anger", None)),
+        Match(utt(1, "ravdess", "voice", "fear"), _event(2, 3, "fear", "neutral", "sadness", None)),
+        Match(utt(2, "ravdess", "none", "neutral"), _event(4, 5, "neutral", "neutral", "neutral", None)),
+        Match(utt(3, "meld", "words", "joy"), _event(6, 7, "joy", "joy", "sadness", None)),  # espeak reads the line
+        Match(utt(4, "meld", "none", "neutral"), _event(8, 9, "neutral", "neutral", "sadness", None)),
+        Match(utt(5, "meld", "words", "anger"), None),  # missed: not counted
+    ]
+    v = by_voice(matches)
+    assert set(v) == {"espeak", "ravdess"}
+    assert v["ravdess"]["voice_carries"] == {"n": 2, "audio_accuracy": 0.5}
+    assert v["ravdess"]["voice_plain"] == {"n": 1, "audio_says_neutral": 1.0, "audio_labels": {"neutral": 1}}
+    assert v["espeak"]["n"] == 2 and v["espeak"]["voice_carries"] == {"n": 0, "audio_accuracy": None}
+    assert v["espeak"]["voice_plain"] == {"n": 2, "audio_says_neutral": 0.0, "audio_labels": {"sadness": 2}}
+    assert "espeak voices" in table({**score(matches), "counts": {"missed": 1, "splits": 0, "merges": 0,
+                                                                 "spurious": 0, "failed": 0}, "conversations": 1})

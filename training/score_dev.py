@@ -24,6 +24,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
@@ -139,6 +140,29 @@ def _by_cue(rows: Sequence[Match]) -> dict[str, Any]:
     return entry
 
 
+def _voice_kind(m: Match) -> str:
+    speech = (m.utterance.get("sources") or {}).get("speech") or {}
+    return "espeak" if speech.get("kind") == "meld" else str(speech.get("kind") or "unknown")
+
+
+def by_voice(matches: Sequence[Match]) -> dict[str, Any]:
+    """Per kind of voice (RAVDESS actor, espeak-ng): how the audio branch reads lines whose voice carries the
+    emotion, and what it says where the voice is plain (the right answer there is neutral)."""
+    out: dict[str, Any] = {}
+    for kind in sorted({_voice_kind(m) for m in matches}):
+        rows = [m for m in matches if _voice_kind(m) == kind and m.event is not None]
+        carried = [m for m in rows if "voice" in m.utterance.get("cues", ())]
+        plain = [m for m in rows if "voice" not in m.utterance.get("cues", ())]
+        said = Counter(modality_label(m.event, "audio") or "absent" for m in plain if m.event is not None)
+        out[kind] = {"n": len(rows),
+                     "voice_carries": {"n": len(carried), "audio_accuracy": _acc([_single_right(m, "audio")
+                                                                                  for m in carried])},
+                     "voice_plain": {"n": len(plain), "audio_says_neutral": _acc([
+                         m.event is not None and modality_label(m.event, "audio") == "neutral" for m in plain]),
+                         "audio_labels": dict(said.most_common())}}
+    return out
+
+
 def score(matches: Sequence[Match], labels: Sequence[str] = MELD_LABELS) -> dict[str, Any]:
     """Every metric of the benchmark from matched utterances (see the module docstring)."""
     from training.metrics import compute_metrics, word_error_rate
@@ -161,6 +185,7 @@ def score(matches: Sequence[Match], labels: Sequence[str] = MELD_LABELS) -> dict
               "accuracy_when_present": _acc([_single_right(x, mod) for x in hit if _present(x, mod)])}
         for mod in MODALITIES}
     out["by_cue"] = {cue: _by_cue([x for x in matches if x.utterance["cue_type"] == cue]) for cue in CUE_TYPES}
+    out["by_voice"] = by_voice(matches)
     out["neutral_share"] = {"predicted": _acc([p == "neutral" for p in pred]),
                             "true": _acc([t == "neutral" for t in truth]),
                             "true_all_utterances": _acc([m.utterance["emotion"] == "neutral" for m in matches])}
@@ -206,6 +231,11 @@ def table(summary: Mapping[str, Any]) -> str:
                  f"video present {_pct(fc['video_present_when_shown'])}, Haar-detectable at render "
                  f"{_pct(fc['detectable_when_shown'])}; face absent {fc['absent']}: video present "
                  f"{_pct(fc['video_present_when_absent'])}")
+    for kind, v in (summary.get("by_voice") or {}).items():
+        top = ", ".join(f"{k} {n}" for k, n in list(v["voice_plain"]["audio_labels"].items())[:3])
+        lines.append(f"{kind} voices: audio right on {_pct(v['voice_carries']['audio_accuracy']).strip()}% of "
+                     f"{v['voice_carries']['n']} lines the voice carries; on {v['voice_plain']['n']} plain-voice "
+                     f"lines it says neutral {_pct(v['voice_plain']['audio_says_neutral']).strip()}% ({top})")
     if "asr" in summary:
         lines.append(f"ASR word error rate over the matched utterances: {100 * summary['asr']['word_error_rate']:.1f} %")
     return "\n".join(lines)

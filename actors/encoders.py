@@ -21,7 +21,7 @@ import numpy as np
 
 from actors.batching import MicroBatcher
 from magtkd_stream.config import Config
-from magtkd_stream.rates import SAMPLE_RATE
+from magtkd_stream.names import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import Any, Iterator, Optional, Union
 
 import numpy as np
 
-from magtkd_stream.rates import SAMPLE_RATE
+from magtkd_stream.names import SAMPLE_RATE
 
 ACCEPTED = "an audio or video file FFmpeg can read (wav, mp3, flac, ogg, m4a, mp4, mkv, webm, ...) with an audio track"
 

@@ -29,6 +29,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutErro
 from actors.encoders import ASRWorker, EncoderWorker, FusionWorker, checkpoint_path
 from magtkd_stream.config import Config
 from magtkd_stream.stream_config import ActorResources, StreamConfig
+from magtkd_stream.names import MODALITIES
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +157,7 @@ class Pipeline:
             audio_from_asr = maybe_from_asr and asr_dim > 0
             if maybe_from_asr and not audio_from_asr:  # a scripted ASR yields no audio vectors
                 encoder("audio")
-            dims = {m: get(g[0].handle.dim.remote()) for m, g in slots.items() if m in ("text", "audio", "video")}
+            dims = {m: get(g[0].handle.dim.remote()) for m, g in slots.items() if m in MODALITIES}
             if audio_from_asr:
                 dims["audio"] = asr_dim
             fr = stream.resources("fusion")

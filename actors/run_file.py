@@ -29,7 +29,7 @@ from magtkd_stream.bus import BusEvent, EventBus
 from magtkd_stream.config import Config
 from magtkd_stream.protocol import make_session_end, make_session_start
 from magtkd_stream.vector_tap import VectorRecorder
-from magtkd_stream.rates import SAMPLE_RATE
+from magtkd_stream.names import MODALITIES, SAMPLE_RATE
 
 PrintFn = Callable[[str], Any]
 STARTING = ("starting the recognizer ({profile} profile): Ray and its actors load their models, 10-30 s on a "
@@ -62,7 +62,7 @@ def format_event(event: Mapping[str, Any]) -> Optional[str]:
     if event.get("status") == "failed":
         return f"{head}  FAILED ({event.get('error', 'unknown error')})  {latency}"
     parts = []
-    for m in ("text", "audio", "video"):
+    for m in MODALITIES:
         entry = event["modalities"][m]
         if entry["present"]:
             parts.append(f"{m} {entry['label']} {_short(entry['probs'][entry['label']])}")
@@ -254,7 +254,7 @@ async def run_file_async(
     summary = summarize(events, counts[0], time.time() - started)
     summary.update(file=str(path), session=session, events=str(out_jsonl) if out_jsonl else None)
     if recorder is not None and vectors_out is not None:
-        sections = {m: dataclasses.asdict(getattr(pipeline.cfg.encoders, m)) for m in ("text", "audio", "video")}
+        sections = {m: dataclasses.asdict(getattr(pipeline.cfg.encoders, m)) for m in MODALITIES}
         summary["vectors"] = str(recorder.save(vectors_out, model=sink.model_id, encoders=sections))
     if print_fn is not None:
         print_fn(format_summary(summary))

@@ -44,7 +44,7 @@ if __package__ in (None, ""):  # run as a script: make `demo` importable
 from training.data.media import load_audio, load_frames, probe, mux_mp4
 from training.data.synthetic import AUDIO_RATE, Voice, speak, video_codec
 from training.data.types import MediaSpan
-from magtkd_stream.rates import SAMPLE_RATE
+from magtkd_stream.names import SAMPLE_RATE
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "samples"

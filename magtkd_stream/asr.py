@@ -20,7 +20,7 @@ import numpy as np
 
 from magtkd_stream.config import ASRConfig
 from magtkd_stream.resources import require, resolve_model
-from magtkd_stream.rates import SAMPLE_RATE
+from magtkd_stream.names import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from typing import Any, ClassVar, Optional, Sequence
 
 import yaml
 
-from magtkd_stream.rates import SAMPLE_RATE
+from magtkd_stream.names import MODALITIES, SAMPLE_RATE
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 
@@ -166,7 +166,7 @@ class KDConfig:
     distill_video: bool = True  # use the distilled video student's features in stage 2
 
     def __post_init__(self) -> None:
-        _one_of(self.teacher, ("text", "audio", "video"), "kd.teacher")
+        _one_of(self.teacher, MODALITIES, "kd.teacher")
         _check(self.tau > 0 and self.tau_feat > 0, "kd.tau", "temperatures must be > 0")
 
 
@@ -260,7 +260,7 @@ class Stage2Config(StageConfig):
 
     def pairing(self) -> tuple[dict[str, float], dict[str, float]]:
         """(prob, agree) for each modality that may be lent, with the per-modality overrides applied."""
-        mods = ("text", "audio", "video")
+        mods = MODALITIES
         return ({m: self.pair_prob_by.get(m, self.pair_prob) for m in mods},
                 {m: self.pair_agree_by.get(m, self.pair_agree) for m in mods})
 
@@ -284,7 +284,7 @@ class Stage2Config(StageConfig):
         _check(0.0 <= self.pair_agree <= 1.0, "train.stage2.pair_agree", f"must be in [0, 1], got {self.pair_agree}")
         for name in ("pair_prob_by", "pair_agree_by"):
             for m, v in getattr(self, name).items():
-                _check(m in ("text", "audio", "video"), f"train.stage2.{name}.{m}",
+                _check(m in MODALITIES, f"train.stage2.{name}.{m}",
                        "unknown modality; expected text, audio or video")
                 _check(isinstance(v, (int, float)) and not isinstance(v, bool) and 0.0 <= v <= 1.0,
                        f"train.stage2.{name}.{m}", f"must be a number in [0, 1], got {v!r}")

@@ -30,8 +30,8 @@ from torch import Tensor, nn
 
 from magtkd_stream.agt import AGTBlock, attention_mask
 from magtkd_stream.config import MAGTConfig
+from magtkd_stream.names import MODALITIES
 
-MODALITIES: tuple[str, ...] = ("text", "audio", "video")
 _T, _A, _V = 0, 1, 2
 # "<source>2<anchor>"; a2t and v2t read the refined a' and v'.
 BRANCHES: tuple[str, ...] = ("a2a", "t2a", "v2a", "v2v", "t2v", "a2v", "t2t", "a2t", "v2t")

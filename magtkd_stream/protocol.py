@@ -15,12 +15,11 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
 from magtkd_stream.schema import SchemaViolation, check, check_server_message, short_json
-from magtkd_stream.rates import SAMPLE_RATE
+from magtkd_stream.names import MODALITIES, SAMPLE_RATE
 
 PROTOCOL_VERSION = 1
 NATIVE_SAMPLE_RATE = SAMPLE_RATE  # what the recognizer runs at; other SAMPLE_RATES are resampled
 SAMPLE_RATES: tuple[int, ...] = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
-MODALITY_NAMES: tuple[str, ...] = ("text", "audio", "video")
 
 # Binary publisher frames: first byte says what follows.
 TAG_AUDIO = 0x01  # then PCM16 little-endian mono samples at the declared rate
@@ -397,8 +396,8 @@ def make_emotion(
         final=final,
         label=label if label is not None else (max(fused, key=fused.__getitem__) if fused else None),
         probs=None if fused is None else _probs(fused),
-        modalities={m: dict(modalities[m]) for m in MODALITY_NAMES if m in modalities},
-        present=[m for m in MODALITY_NAMES if modalities.get(m, {}).get("present")],
+        modalities={m: dict(modalities[m]) for m in MODALITIES if m in modalities},
+        present=[m for m in MODALITIES if modalities.get(m, {}).get("present")],
         start=round(float(start), TIME_DECIMALS),
         end=round(float(end), TIME_DECIMALS),
         speaker=speaker,
@@ -446,7 +445,7 @@ def _check_emotion(event: Mapping[str, Any]) -> None:
     if event["end"] < event["start"]:
         raise SchemaViolation(f"field 'end' ({event['end']}) must be >= 'start' ({event['start']})", "end")
     probs = event["probs"]
-    for m in MODALITY_NAMES:
+    for m in MODALITIES:
         entry = event["modalities"][m]
         where = f"modalities.{m}"
         if entry["present"] != (entry["probs"] is not None) or (entry["probs"] is None) != (entry["label"] is None):
@@ -457,7 +456,7 @@ def _check_emotion(event: Mapping[str, Any]) -> None:
                 raise SchemaViolation(f"field '{where}.probs' must use the fused labels {sorted(probs)}", where)
             if entry["label"] not in entry["probs"]:
                 raise SchemaViolation(f"field '{where}.label' is not a key of its probs", where)
-    present = [m for m in MODALITY_NAMES if event["modalities"][m]["present"]]
+    present = [m for m in MODALITIES if event["modalities"][m]["present"]]
     if list(event["present"]) != present:
         raise SchemaViolation(
             f"field 'present' must list the modalities whose 'present' is true, in order: {present}, "

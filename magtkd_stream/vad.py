@@ -20,7 +20,7 @@ import numpy as np
 
 from magtkd_stream.asr import validate_waveform
 from magtkd_stream.config import _check
-from magtkd_stream.rates import SAMPLE_RATE
+from magtkd_stream.names import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 

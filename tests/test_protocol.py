@@ -192,7 +192,7 @@ def test_emotion_event_validates_and_derives_label_and_present() -> None:
 
 
 def test_failed_emotion_needs_an_error_and_may_have_no_label() -> None:
-    mods = {m: P.modality_result(False) for m in P.MODALITY_NAMES}
+    mods = {m: P.modality_result(False) for m in P.MODALITIES}
     failed = emotion(probs=None, modalities=mods, error="fusion actor died")
     P.validate_event(failed)
     assert failed["status"] == "failed" and failed["label"] is None

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from magtkd_stream.rates import SAMPLE_RATE
+from magtkd_stream.names import SAMPLE_RATE
 
 
 

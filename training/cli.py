@@ -33,6 +33,7 @@ from typing import Any, Optional, Sequence
 
 from magtkd_stream.config import Config, ConfigError
 from magtkd_stream.labels import label_set
+from magtkd_stream.names import MODALITIES
 from training.recipe_inputs import Limits, load_recipe, recipe_path
 
 log = logging.getLogger("training.cli")
@@ -93,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("stage1", help="train one stage-1 model (a teacher, or a student with --teacher)")
     _common(p, need)
     _data(p)
-    p.add_argument("--modality", required=True, choices=("text", "audio", "video"))
+    p.add_argument("--modality", required=True, choices=MODALITIES)
     p.add_argument("--teacher", type=Path, default=None, help="stage-1 checkpoint of the teacher: train with KD")
     p.add_argument("--name", default=None, help="model name in the run folder (default: modality[_kd])")
 

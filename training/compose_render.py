@@ -34,7 +34,7 @@ from magtkd_stream.labels import MELD_LABELS
 from training.compose import TAIL_S, ConversationPlan, Sources, SpeakerPlan, UtterancePlan
 from training.data.media import load_audio, mux_mp4
 from training.data.types import MediaSpan
-from magtkd_stream.rates import SAMPLE_RATE
+from magtkd_stream.names import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
 

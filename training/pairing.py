@@ -16,9 +16,9 @@ from typing import Mapping, Sequence, Union
 
 import numpy as np
 
+from magtkd_stream.names import MODALITIES
 from training.features import IGNORE_LABEL, DialogueFeatures
 
-MODALITIES = ("text", "audio", "video")
 
 
 def labelled_vectors(dialogues: Sequence[DialogueFeatures], kinds: Mapping[str, str],

@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from magtkd_stream.labels import MELD_LABELS
+from magtkd_stream.names import MODALITIES
 
 log = logging.getLogger(__name__)
 
 MIN_OVERLAP_S = 0.05
 MODALITY_OF_CUE = {"text": "words", "audio": "voice", "video": "face"}  # event modality -> the cue it reads
 CUE_TYPES = ("voice", "face", "words", "voice+face", "words+face", "none")
-MODALITIES = ("text", "audio", "video")
 
 
 # ------------------------------------------------------------------ matching

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-MODALITIES: tuple[str, ...] = ("text", "audio", "video")
+from magtkd_stream.names import MODALITIES
+
 
 
 @dataclass

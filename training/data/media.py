@@ -18,7 +18,7 @@ import numpy as np
 from magtkd_stream.resources import require
 
 from .types import MediaSpan
-from magtkd_stream.rates import SAMPLE_RATE
+from magtkd_stream.names import SAMPLE_RATE
 
 
 class MediaError(RuntimeError):

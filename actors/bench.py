@@ -457,7 +457,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             t0 = time.time()
             runs = asyncio.run(_bench(pipeline, cfg, messages, sessions, args.stagger, args.timeout))
             replay_s = time.time() - t0
-        model = pipeline.info["model"]
+        model = pipeline.info.model
         batching = batch_sizes(pipeline.health())
     finally:
         pipeline.stop()

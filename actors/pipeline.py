@@ -78,15 +78,28 @@ def init_ray(address: Optional[str] = None, log_to_driver: bool = False) -> bool
     return True
 
 
+@dataclass(frozen=True)
+class PipelineInfo:
+    """What the running pipeline is: the facts the sink, the gateway and the reports need."""
+
+    model: str  # the checkpoint's id (magtkd_stream.checkpoint.model_id), or "untrained"
+    labels: tuple[str, ...]
+    window: int  # utterances of context the fusion actor keeps per session
+    trained: bool
+    audio_from_asr: bool  # the ASR's Whisper pass yields the audio vector: no audio actor
+    encoder_dims: dict[str, int] = field(default_factory=dict)
+    crop_on_arrival: bool = False  # faces are cropped as frames arrive, not at the utterance's end
+
+
 class Pipeline:
     """Handles to the running actors, grouped by kind, and the model facts the sink needs."""
 
-    def __init__(self, cfg: Config, stream: StreamConfig, slots: dict[str, list[ActorSlot]], info: dict[str, Any],
+    def __init__(self, cfg: Config, stream: StreamConfig, slots: dict[str, list[ActorSlot]], info: PipelineInfo,
                  owns_ray: bool) -> None:
         self.cfg = cfg
         self.stream = stream
         self.slots = slots
-        self.info = info  # model, labels, window, audio_from_asr
+        self.info = info
         self.owns_ray = owns_ray
         self._turn: dict[str, int] = {k: 0 for k in slots}
         self._watcher: Optional[asyncio.Task] = None
@@ -163,7 +176,7 @@ class Pipeline:
             fr = stream.resources("fusion")
             make("fusion", FusionWorker, cfg, dims, ckpt, window=stream.window, threads=fr.threads, wait_ms=wait_ms,
                  max_batch=max_batch)
-            info = get(slots["fusion"][0].handle.info.remote())
+            fusion = get(slots["fusion"][0].handle.info.remote())
             crops = "video" in slots and get(slots["video"][0].handle.crops_faces.remote())
             if warmup:
                 get([s.handle.warmup.remote() for s in created])
@@ -173,10 +186,11 @@ class Pipeline:
             if owns:
                 ray.shutdown()
             raise
-        info.update(audio_from_asr=audio_from_asr, encoder_dims=dims,
-                    crop_on_arrival=bool(crops) and stream.crop_fps > 0)
+        info = PipelineInfo(model=str(fusion["model"]), labels=tuple(fusion["labels"]), window=int(fusion["window"]),
+                            trained=bool(fusion["trained"]), audio_from_asr=audio_from_asr, encoder_dims=dict(dims),
+                            crop_on_arrival=bool(crops) and stream.crop_fps > 0)
         log.info("pipeline up in %.1f s: %s (model %s, window %d)", time.perf_counter() - t0,
-                 ", ".join(s.name for s in created), info["model"], info["window"])
+                 ", ".join(s.name for s in created), info.model, info.window)
         return cls(cfg, stream, slots, info, owns)
 
     def stop(self) -> None:
@@ -217,8 +231,8 @@ class Pipeline:
                 actors[slot.name] = {"state": "unavailable", "error": str(exc).splitlines()[0]}
         return {
             "ok": all(a["state"] == "alive" for a in actors.values()),
-            "model": self.info["model"],
-            "window": self.info["window"],
+            "model": self.info.model,
+            "window": self.info.window,
             "actors": actors,
         }
 

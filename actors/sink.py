@@ -85,7 +85,7 @@ class PipelineSink:
         self.sessions: dict[str, _Session] = {}
         self._vad_pool = ThreadPoolExecutor(max_workers=max(1, vad_threads), thread_name_prefix="vad")
         self._vad_model: Any = None
-        self.model_id: str = pipeline.info["model"]
+        self.model_id: str = pipeline.info.model
         self.num_frames = pipeline.cfg.encoders.video.num_frames
         # 0 in the config means "the whole dialogue"; the prompt's token budget truncates it anyway.
         self.context_turns = pipeline.cfg.encoders.text.context_turns or ALL_CONTEXT_TURNS
@@ -122,7 +122,7 @@ class PipelineSink:
     async def video(self, session: str, ts: float, frame_bgr: np.ndarray) -> None:
         """Keep a frame for the utterance that will span it; a face encoder crops it now, at crop_fps."""
         sess = self._session(session)
-        if not self.pipeline.info.get("crop_on_arrival"):
+        if not self.pipeline.info.crop_on_arrival:
             sess.core.push_frame(ts, frame_bgr)
             return
         sess.core.receive_frame(frame_bgr)
@@ -270,7 +270,7 @@ class PipelineSink:
         p, side = self.pipeline, {}
         if job.frames and p.has("video"):
             side["video"] = asyncio.ensure_future(_timed(p.call("video", "encode", [VideoInput(job.frames)])))
-        if not p.info["audio_from_asr"]:
+        if not p.info.audio_from_asr:
             side["audio"] = asyncio.ensure_future(_timed(p.call("audio", "encode", [AudioInput(job.audio)])))
         return side
 
@@ -280,7 +280,7 @@ class PipelineSink:
         """Backbone vectors by modality (None: absent) from ASR and the side tasks; the first error, if any."""
         vectors: dict[str, Optional[np.ndarray]] = {m: None for m in MODALITIES}
         error = None
-        if asr is not None and self.pipeline.info["audio_from_asr"] and asr.audio_vector is not None:
+        if asr is not None and self.pipeline.info.audio_from_asr and asr.audio_vector is not None:
             vectors["audio"] = np.asarray(asr.audio_vector, dtype=np.float32)
         for m, task in side.items():
             try:

@@ -384,7 +384,7 @@ def test_lite_profile_transcribes_and_fuses(ray_local) -> None:
     light = {name: {"num_cpus": 0.1, "threads": 1} for name in ("asr", "text", "audio", "video", "fusion")}
     pipe = Pipeline.start(cfg, stream=StreamConfig.from_dict({"actors": light}))
     try:
-        assert pipe.info["audio_from_asr"] and "audio" not in pipe.slots  # one Whisper pass serves both
+        assert pipe.info.audio_from_asr and "audio" not in pipe.slots  # one Whisper pass serves both
         col = Collector()
         col.start("lite")
 
@@ -402,7 +402,7 @@ def test_lite_profile_transcribes_and_fuses(ray_local) -> None:
             await sink.end("lite")
 
         asyncio.run(main())
-        assert pipe.info["crop_on_arrival"]
+        assert pipe.info.crop_on_arrival
         transcript = col.of("lite", "transcript")[0]["text"].lower()
         assert "pizza" in transcript and "john" in transcript
         emotion = col.of("lite", "emotion")[0]

@@ -71,11 +71,11 @@ def checkpoint_path(cfg: Config) -> Optional[str]:
             f"checkpoint {cfg.checkpoint!r} resolves to {path}, which is not a file; "
             "give a .safetensors checkpoint or run untrained with checkpoint=null"
         )
-    from magtkd_stream.checkpoint import load_checkpoint
+    from magtkd_stream.checkpoint import check_checkpoint
     from magtkd_stream.labels import label_set
 
-    # Read it here, in the caller, so a damaged or foreign file is one clear CheckpointError before Ray starts.
-    load_checkpoint(path, expect_labels=label_set(cfg.labels), expect_profile=cfg.profile)
+    # Its header here, in the caller, so a damaged or foreign file is one clear CheckpointError before Ray starts.
+    check_checkpoint(path, expect_labels=label_set(cfg.labels), expect_profile=cfg.profile)
     return str(path)
 
 

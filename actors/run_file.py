@@ -233,9 +233,9 @@ async def run_file_async(
 
     consumer = asyncio.create_task(consume())
     started = time.time()
+    reason, counts = "end", [0.0, 0]
     progress = asyncio.create_task(_progress(events, info.duration_s, lambda: counts[0], print_fn))
     bus.start_session(session, make_session_start(session, speaker, info.has_video, SAMPLE_RATE, started))
-    reason, counts = "end", [0.0, 0]
     try:
         await replay(sink, path, session, speaker, fast, max_fps, counts)
     except BaseException:

@@ -243,7 +243,7 @@ def serve_cli(cfg: Config, args: Any) -> int:
             _err(str(exc))
             return EXIT_USAGE if args.camera and not args.mic else EXIT_FAILED
     pipeline: Optional[Pipeline] = None
-    stopping = False
+    clean = False  # the gateway closed without an error: say "stopped" once the actors are gone
     try:
         try:
             pipeline = Pipeline.start(cfg, args.address)
@@ -256,7 +256,7 @@ def serve_cli(cfg: Config, args: Any) -> int:
         asyncio.run(serve(pipeline, gw_cfg, mic=mic, camera=camera, session=args.session,
                           out=lambda line: print(line, flush=True),
                           metrics_port=getattr(args, "metrics_port", None)))
-        stopping = True
+        clean = True
         return EXIT_OK
     except ServeError as exc:
         _err(str(exc))
@@ -275,5 +275,5 @@ def serve_cli(cfg: Config, args: Any) -> int:
                 stop_within(pipeline, STOP_BOUND_S)
             finally:
                 signal.signal(signal.SIGINT, previous)
-        if stopping:
+        if clean:
             print("stopped", flush=True)

@@ -28,7 +28,7 @@ import secrets
 import sys
 import time
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
@@ -65,18 +65,24 @@ def latency_rows(runs: Sequence[SessionRun], t0: float) -> list[tuple[float, flo
     return sorted(rows)
 
 
+def _spans(rows: Sequence[tuple], width_s: float) -> Iterator[tuple[float, list[tuple]]]:
+    """(window start, the rows in it) for consecutive windows of `width_s` over rows sorted by their first field
+    (seconds since the start); a window with no rows is skipped."""
+    start = 0.0
+    last = rows[-1][0] if rows else -1.0
+    while start <= last:
+        span = [r for r in rows if start <= r[0] < start + width_s]
+        if span:
+            yield start, span
+        start += width_s
+
+
 def windows(rows: Sequence[tuple[float, float]], width_s: float) -> list[dict[str, Any]]:
     out = []
-    if not rows:
-        return out
-    last = rows[-1][0]
-    start = 0.0
-    while start <= last:
-        ms = [v for t, v in rows if start <= t < start + width_s]
-        if ms:
-            out.append({"from_min": round(start / 60, 1), "n": len(ms), "p50": round(float(np.percentile(ms, 50)), 1),
-                        "p95": round(float(np.percentile(ms, 95)), 1)})
-        start += width_s
+    for start, span in _spans(rows, width_s):
+        ms = [v for _, v in span]
+        out.append({"from_min": round(start / 60, 1), "n": len(ms), "p50": round(float(np.percentile(ms, 50)), 1),
+                    "p95": round(float(np.percentile(ms, 95)), 1)})
     return out
 
 
@@ -86,20 +92,15 @@ def other_cpu(samples: Sequence[tuple[float, float, float]], t0: float, width_s:
     the driver and its descendants: Ray's services and actors), so a slow window can be told from a shared
     machine. A process that ended inside a window takes its CPU time with it, so other_cores is an upper bound."""
     out = []
-    if len(samples) < 2:
-        return out
-    start = 0.0
-    last = samples[-1][0] - t0
-    while start <= last:
-        span = [s for s in samples if start <= s[0] - t0 < start + width_s]
-        if len(span) >= 2:
-            wall = span[-1][0] - span[0][0]
-            other = (span[-1][1] - span[0][1]) - (span[-1][2] - span[0][2])
-            out.append({"from_min": round(start / 60, 1),
-                        "other_cores": round(max(0.0, other) / wall, 2) if wall > 0 else None,
-                        "service_cores": round((span[-1][2] - span[0][2]) / wall, 2) if wall > 0 else None,
-                        "of_cores": cores})
-        start += width_s
+    for start, span in _spans([(t - t0, busy, own) for t, busy, own in samples], width_s):
+        if len(span) < 2:
+            continue
+        wall = span[-1][0] - span[0][0]
+        other = (span[-1][1] - span[0][1]) - (span[-1][2] - span[0][2])
+        out.append({"from_min": round(start / 60, 1),
+                    "other_cores": round(max(0.0, other) / wall, 2) if wall > 0 else None,
+                    "service_cores": round((span[-1][2] - span[0][2]) / wall, 2) if wall > 0 else None,
+                    "of_cores": cores})
     return out
 
 

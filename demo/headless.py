@@ -18,9 +18,26 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Iterator, Optional
 
 BROWSERS: tuple[str, ...] = ("chromium", "chromium-browser", "google-chrome")
+
+
+@contextlib.contextmanager
+def serve_folder(folder: Path) -> Iterator[int]:
+    """A quiet HTTP server for `folder` on 127.0.0.1 (a free port, in a thread) while the block runs; its port."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    quiet = type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *a: None})
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(quiet, directory=str(folder)))
+    threading.Thread(target=httpd.serve_forever, name="http", daemon=True).start()
+    try:
+        yield httpd.server_port
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
 
 
 def find_browser() -> Optional[str]:

@@ -18,12 +18,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
 import logging
 import secrets
 import sys
-import threading
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -63,7 +60,7 @@ async def _main(args: argparse.Namespace) -> None:
     from actors.pipeline import Pipeline
     from actors.serve import gateway_config
     from actors.sink import PipelineSink
-    from demo.headless import HeadlessPage
+    from demo.headless import HeadlessPage, serve_folder
     from magtkd_stream.config import load_config
 
     cfg = load_config(args.config, args.overrides)
@@ -71,15 +68,12 @@ async def _main(args: argparse.Namespace) -> None:
     pipeline = await asyncio.to_thread(Pipeline.start, cfg)
     gateway = Gateway(gateway_config(cfg, "127.0.0.1", 0, [token]), PipelineSink(pipeline))
     await gateway.start()
-    quiet = type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *a: None})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(quiet, directory=str(WEB)))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     args.out.mkdir(parents=True, exist_ok=True)
     try:
         url = f"ws://127.0.0.1:{gateway.port}/"
-        with HeadlessPage(width=args.width, height=args.height) as page:
+        with serve_folder(WEB) as http_port, HeadlessPage(width=args.width, height=args.height) as page:
             # The page's calls block; they run in a thread so that the gateway on this loop keeps answering.
-            await asyncio.to_thread(page.navigate, f"http://127.0.0.1:{httpd.server_port}/index.html?url={url}"
+            await asyncio.to_thread(page.navigate, f"http://127.0.0.1:{http_port}/index.html?url={url}"
                                     f"&token={token}&session={SESSION}")
             await asyncio.to_thread(page.js, "document.getElementById('subscribe').click()")
             await asyncio.to_thread(page.wait_for, "document.getElementById('status').textContent"
@@ -89,7 +83,6 @@ async def _main(args: argparse.Namespace) -> None:
                                     ".includes('ended')", 60.0)
             await asyncio.to_thread(page.screenshot, args.out / "browser.png")
     finally:
-        httpd.shutdown()
         await gateway.stop()
         await gateway.sink.close()  # type: ignore[attr-defined]
         pipeline.stop()

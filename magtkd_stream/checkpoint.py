@@ -71,24 +71,22 @@ def save_checkpoint(
     return path
 
 
-def load_checkpoint(
-    path: str | Path,
-    expect_labels: Sequence[str] | None = None,
-    expect_profile: str | None = None,
-) -> Checkpoint:
-    """Read a checkpoint; refuse (CheckpointError) when labels or profile differ from what is expected."""
+def _read_header(path: Path) -> str | None:
+    """The checkpoint's metadata string (None: none); CheckpointError when the file is missing or unreadable."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
-    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
     try:
         with safe_open(str(path), framework="pt") as f:
-            raw = (f.metadata() or {}).get(_META_KEY)
-        tensors = load_file(str(path))
+            return (f.metadata() or {}).get(_META_KEY)
     except Exception as exc:  # safetensors raises several types for damaged files
         raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {exc}") from None
+
+
+def _checked_meta(path: Path, raw: str | None, expect_labels: Sequence[str] | None,
+                  expect_profile: str | None) -> dict[str, Any]:
+    """The metadata, refused (CheckpointError) when absent, of another format, or for other labels or profile."""
     if raw is None:
         raise CheckpointError(f"checkpoint {path} has no '{_META_KEY}' metadata; not written by magtkd_stream")
     meta = json.loads(raw)
@@ -106,12 +104,38 @@ def load_checkpoint(
             f"checkpoint {path} was trained with encoder profile {profile!r}, "
             f"but the configuration uses profile {expect_profile!r}; use a checkpoint of that profile"
         )
+    return meta
+
+
+def check_checkpoint(path: str | Path, expect_labels: Sequence[str] | None = None,
+                     expect_profile: str | None = None) -> None:
+    """The checks of load_checkpoint on the file's header alone, without reading its tensors (a cheap refusal
+    before anything starts)."""
+    path = Path(path)
+    _checked_meta(path, _read_header(path), expect_labels, expect_profile)
+
+
+def load_checkpoint(
+    path: str | Path,
+    expect_labels: Sequence[str] | None = None,
+    expect_profile: str | None = None,
+) -> Checkpoint:
+    """Read a checkpoint; refuse (CheckpointError) when labels or profile differ from what is expected."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    raw = _read_header(path)
+    try:
+        tensors = load_file(str(path))
+    except Exception as exc:  # safetensors raises several types for damaged files
+        raise CheckpointError(f"checkpoint {path} is not a readable safetensors file: {exc}") from None
+    meta = _checked_meta(path, raw, expect_labels, expect_profile)
     return Checkpoint(
         tensors=tensors,
         config=config_from_dict(meta["config"]),
-        labels=labels,
-        profile=profile,
-        version=version,
+        labels=list(meta["labels"]),
+        profile=str(meta["profile"]),
+        version=int(meta["version"]),
         extra=dict(meta.get("extra", {})),
     )
 

@@ -529,39 +529,30 @@ def test_web_page_code_speaks_the_protocol() -> None:
 @pytest.mark.slow
 def test_web_page_publishes_a_microphone_and_shows_the_events_in_a_browser(gateway, tmp_path: Path) -> None:
     """Headless Chromium with its fake microphone, driven over the DevTools protocol."""
-    import functools
-    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-
-    from demo.headless import HeadlessPage, find_browser
+    from demo.headless import HeadlessPage, find_browser, serve_folder
 
     if find_browser() is None:
         if os.environ.get("MAGTKD_REQUIRE_BROWSER"):
             pytest.fail("MAGTKD_REQUIRE_BROWSER is set (CI) but no Chromium/Chrome is on PATH")
         pytest.skip("no Chromium/Chrome on PATH; the page cannot be run in a browser here")
     url, sink = gateway
-    quiet = type("Quiet", (SimpleHTTPRequestHandler,), {"log_message": lambda *a: None})
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(quiet, directory=str(WEB)))
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
     STATUS = "document.getElementById('status').textContent"
-    try:
-        with HeadlessPage(user_data_dir=tmp_path) as page:
-            page.navigate(f"http://127.0.0.1:{httpd.server_port}/index.html?url={url}&token={TOKEN}&session=web")
-            page.wait_for("document.getElementById('token').value !== ''")
-            assert page.js("document.getElementById('who').textContent") == "no utterance yet"
-            page.js("document.getElementById('mic').click()")
-            page.wait_for("document.getElementById('label').textContent === 'joy'", describe=STATUS)
-            bars = page.js("[...document.querySelectorAll('#bars .bar')].map(b => b.innerText.replace(/\\s+/g, ' '))")
-            assert bars == ["anger 0.10", "joy 0.70", "neutral 0.20"]
-            assert page.js("document.getElementById('modalities').innerText").split("\n") == [
-                "text: joy 0.70", "audio: joy 0.70", "video: absent"]
-            who = page.js("document.getElementById('who').textContent")
-            assert re.fullmatch(r".+ · utterance [1-9]\d* · answered \d+ ms after the end of speech", who), who
-            page.js("document.getElementById('mic').click()")
-            page.wait_for(f"{STATUS}.includes('ended (end)')", describe=STATUS)
-            assert page.js("document.getElementById('status').className") == ""  # an ordinary status, not an error
-        assert sink.opened == (None, False) and sink.samples >= 32000
-    finally:
-        httpd.shutdown()
+    with serve_folder(WEB) as http_port, HeadlessPage(user_data_dir=tmp_path) as page:
+        page.navigate(f"http://127.0.0.1:{http_port}/index.html?url={url}&token={TOKEN}&session=web")
+        page.wait_for("document.getElementById('token').value !== ''")
+        assert page.js("document.getElementById('who').textContent") == "no utterance yet"
+        page.js("document.getElementById('mic').click()")
+        page.wait_for("document.getElementById('label').textContent === 'joy'", describe=STATUS)
+        bars = page.js("[...document.querySelectorAll('#bars .bar')].map(b => b.innerText.replace(/\\s+/g, ' '))")
+        assert bars == ["anger 0.10", "joy 0.70", "neutral 0.20"]
+        assert page.js("document.getElementById('modalities').innerText").split("\n") == [
+            "text: joy 0.70", "audio: joy 0.70", "video: absent"]
+        who = page.js("document.getElementById('who').textContent")
+        assert re.fullmatch(r".+ · utterance [1-9]\d* · answered \d+ ms after the end of speech", who), who
+        page.js("document.getElementById('mic').click()")
+        page.wait_for(f"{STATUS}.includes('ended (end)')", describe=STATUS)
+        assert page.js("document.getElementById('status').className") == ""  # an ordinary status, not an error
+    assert sink.opened == (None, False) and sink.samples >= 32000
 
 
 def test_the_live_client_reads_the_token_from_the_variable_serve_reads() -> None:

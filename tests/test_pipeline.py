@@ -296,6 +296,15 @@ async def push_with_video(sink: PipelineSink, session: str, audio: np.ndarray, f
         await sink.audio(session, audio[i : i + 1600])
 
 
+async def open_with_a_first_utterance(pipe: Pipeline, col: Collector, session: str, face: np.ndarray) -> PipelineSink:
+    """A video session whose first utterance (with faces) has had its emotion event."""
+    sink = PipelineSink(pipe, col.publish)
+    await sink.open(session, None, True)
+    await push_with_video(sink, session, conversation(FIRST), face)
+    await col.wait_for(lambda e: e["type"] == "emotion" and e["utterance"] == 0)
+    return sink
+
+
 @pytest.mark.parametrize("kind", ["asr", "text", "audio", "video", "fusion"])
 def test_an_actor_killed_while_idle_costs_no_utterance(tiny: Pipeline, kind: str) -> None:
     col = Collector()
@@ -304,10 +313,7 @@ def test_an_actor_killed_while_idle_costs_no_utterance(tiny: Pipeline, kind: str
     face = sample_face()
 
     async def main() -> None:
-        sink = PipelineSink(tiny, col.publish)
-        await sink.open(session, None, True)
-        await push_with_video(sink, session, conversation(FIRST), face)
-        await col.wait_for(lambda e: e["type"] == "emotion" and e["utterance"] == 0)
+        sink = await open_with_a_first_utterance(tiny, col, session, face)
         ray.kill(tiny.handles(kind)[0], no_restart=False)
         await asyncio.sleep(2.0)  # no call in flight: the actor dies between two utterances
         await push_with_video(sink, session, np.concatenate([synth_speech(SECOND), silence(1.0)]), face)
@@ -334,10 +340,7 @@ def test_an_actor_killed_mid_call_fails_only_that_utterance(tiny: Pipeline, kind
     face = sample_face()
 
     async def main() -> None:
-        sink = PipelineSink(tiny, col.publish)
-        await sink.open(session, None, True)
-        await push_with_video(sink, session, conversation(FIRST), face)
-        await col.wait_for(lambda e: e["type"] == "emotion" and e["utterance"] == 0)
+        sink = await open_with_a_first_utterance(tiny, col, session, face)
         await push_with_video(sink, session, synth_speech(SECOND), face)
         await asyncio.sleep(1.0)  # the frames' face crops are back: no crop call meets the frozen video actor
         pid = tiny.health()["actors"][f"{kind}#0"]["pid"]

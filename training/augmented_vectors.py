@@ -22,7 +22,7 @@ from magtkd_stream.config import Config
 from magtkd_stream.encoders.base import AudioInput, Encoder
 from training.audio_augment import AugmentSettings, apply_channel, copy_rng
 from training.data.media import MediaError, load_audio
-from training.stage1_cache import Encoded, backbone_fingerprint, model_device
+from training.stage1_cache import Encoded, backbone_fingerprint, model_device, read_cached, write_cached
 from training.stage1_inputs import UttRef, served_clip, to_device
 
 logger = logging.getLogger(__name__)
@@ -52,11 +52,9 @@ def augmented_backbone(encoder: Encoder, refs: Sequence[UttRef], cfg: Config, co
         desc = json.dumps({"settings": settings.__dict__, "seed": seed, "copy": copy,
                            "base": backbone_fingerprint(encoder, "audio", refs, cfg)}, sort_keys=True, default=str)
         path = Path(cache_dir) / f"{name}-aug{copy}-{hashlib.sha1(desc.encode()).hexdigest()[:16]}.npz"
-        if path.is_file():
-            with np.load(path) as z:
-                if z["vectors"].shape == (len(refs), encoder.dim):
-                    logger.info("%s copy %d: augmented vectors read from cache %s", name, copy, path)
-                    return Encoded(torch.from_numpy(z["vectors"]), torch.from_numpy(z["ok"]))
+        cached = read_cached(path, (len(refs), encoder.dim), f"{name} copy {copy}")
+        if cached is not None:
+            return cached[0]
     device = model_device(encoder)
     vectors = torch.zeros(len(refs), encoder.dim)
     ok = torch.zeros(len(refs), dtype=torch.bool)
@@ -82,12 +80,10 @@ def augmented_backbone(encoder: Encoder, refs: Sequence[UttRef], cfg: Config, co
     finally:
         encoder.train(was_training)
     logger.info("%s copy %d: %d of %d clips encoded", name, copy, int(ok.sum()), len(refs))
+    enc = Encoded(vectors=vectors, ok=ok)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, vectors=vectors.numpy(), ok=ok.numpy())
-        tmp.replace(path)
-    return Encoded(vectors=vectors, ok=ok)
+        write_cached(path, enc)
+    return enc
 
 
 def augmented_ref(ref: UttRef, copy: int) -> UttRef:

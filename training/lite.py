@@ -53,7 +53,7 @@ from training.recipes import (
 )
 from training.runs import RunFolder
 from training.stage1 import Stage1Result
-from training.summary_table import summary_table
+from training.summary_table import write_summary_table
 
 logger = logging.getLogger(__name__)
 
@@ -265,9 +265,7 @@ def run_lite(
     write_report(run, report)
     write_report(run, summary, SUMMARY)
     _log_summary(summary)
-    table = summary_table(summary, f"magtkd-train lite: {run.path}")
-    (run.path / "summary.md").write_text(table, encoding="utf-8")
-    print(table, flush=True)  # the last thing the run shows: every score, one row each (also summary.md)
+    write_summary_table(run.path, summary, f"magtkd-train lite: {run.path}")
     return summary
 
 

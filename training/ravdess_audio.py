@@ -238,11 +238,10 @@ def evaluate_folds(data: ClipVectors, seeds: Sequence[int] = (0,), settings: Opt
     return out
 
 
-def load_clip_vectors(ravdess_root: Path, cfg: Config, cache_dir: Optional[Path]) -> ClipVectors:
-    """Whisper vectors of every labelled RAVDESS speech clip, read from the lite run's cache when it has them."""
+def _lite_refs(ravdess_root: Path, cfg: Config) -> tuple[Any, dict[str, tuple[list[Any], dict[str, dict]]]]:
+    """The frozen audio encoder, and per lite split its labelled clips with audio and their label in each space."""
     from training.data import load_ravdess_speech
-    from training.stage1_cache import cached_backbone
-    from training.stage1_inputs import InputProblems, has_input, split_refs
+    from training.stage1_inputs import has_input, split_refs
     from training.stage1_state import build_seeded_encoder
 
     sets = {space: load_ravdess_speech(ravdess_root, train_actors=LITE_SPLITS["train"],
@@ -250,28 +249,60 @@ def load_clip_vectors(ravdess_root: Path, cfg: Config, cache_dir: Optional[Path]
             for space in LABEL_SPACES}
     encoder = build_seeded_encoder("audio", cfg)
     encoder.set_trainable_layers(0)
-    parts, actors, uids = [], [], []
-    labels: dict[str, list[int]] = {s: [] for s in LABEL_SPACES}
+    out = {}
     for split in LITE_SPLITS:
         refs = [r for r in split_refs(sets["meld"], split) if r.utt.label is not None
                 and has_input(r.utt, "audio", encoder)]
+        by_uid = {space: {u.uid: u.label for d in ds.splits[split] for u in d.utterances}
+                  for space, ds in sets.items()}
+        out[split] = (refs, by_uid)
+    return encoder, out
+
+
+class _Rows:
+    """Collects the encoded rows of several (split, copy) passes into one ClipVectors."""
+
+    def __init__(self) -> None:
+        self.parts: list[torch.Tensor] = []
+        self.actors: list[int] = []
+        self.uids: list[str] = []
+        self.copies: list[int] = []
+        self.labels: dict[str, list[int]] = {s: [] for s in LABEL_SPACES}
+
+    def add(self, refs: Sequence[Any], by_uid: dict[str, dict], enc: Any, copy: int = 0) -> int:
+        """The rows of `enc` that have a vector; returns how many were left out."""
+        keep = enc.ok.nonzero().flatten().tolist()
+        self.parts.append(enc.vectors[keep])
+        for i in keep:
+            utt = refs[i].utt
+            self.uids.append(utt.uid)
+            self.copies.append(copy)
+            self.actors.append(int(utt.speaker.removeprefix("actor")))
+            for space in LABEL_SPACES:
+                self.labels[space].append(int(by_uid[space][utt.uid]))
+        return len(refs) - len(keep)
+
+    def result(self, with_copies: bool) -> ClipVectors:
+        return ClipVectors(vectors=torch.cat(self.parts), actors=np.asarray(self.actors),
+                           labels={s: np.asarray(v) for s, v in self.labels.items()}, uids=self.uids,
+                           copies=np.asarray(self.copies) if with_copies else None)
+
+
+def load_clip_vectors(ravdess_root: Path, cfg: Config, cache_dir: Optional[Path]) -> ClipVectors:
+    """Whisper vectors of every labelled RAVDESS speech clip, read from the lite run's cache when it has them."""
+    from training.stage1_cache import cached_backbone
+    from training.stage1_inputs import InputProblems
+
+    encoder, splits = _lite_refs(ravdess_root, cfg)
+    rows = _Rows()
+    for split, (refs, by_uid) in splits.items():
         problems = InputProblems(f"ravdess-audio/{split}")
         enc = cached_backbone(encoder, refs, "audio", cfg, cfg.train.stage1.eval_batch_size, cache_dir,
                               f"audio-ravdess-{split}", problems)
-        by_uid = {space: {u.uid: u.label for d in ds.splits[split] for u in d.utterances}
-                  for space, ds in sets.items()}
-        keep = enc.ok.nonzero().flatten().tolist()
-        if len(keep) < len(refs):
-            logger.warning("%s: %d clips have no audio vector and are left out", split, len(refs) - len(keep))
-        parts.append(enc.vectors[keep])
-        for i in keep:
-            utt = refs[i].utt
-            uids.append(utt.uid)
-            actors.append(int(utt.speaker.removeprefix("actor")))
-            for space in LABEL_SPACES:
-                labels[space].append(int(by_uid[space][utt.uid]))
-    return ClipVectors(vectors=torch.cat(parts), actors=np.asarray(actors),
-                       labels={s: np.asarray(v) for s, v in labels.items()}, uids=uids)
+        left_out = rows.add(refs, by_uid, enc)
+        if left_out:
+            logger.warning("%s: %d clips have no audio vector and are left out", split, left_out)
+    return rows.result(with_copies=False)
 
 
 def load_augmented_vectors(ravdess_root: Path, cfg: Config, cache_dir: Optional[Path], copies: int,
@@ -279,35 +310,15 @@ def load_augmented_vectors(ravdess_root: Path, cfg: Config, cache_dir: Optional[
     """Vectors of `copies` augmented copies of every labelled RAVDESS clip (training/augmented_vectors.py)."""
     from training.audio_augment import AugmentSettings
     from training.augmented_vectors import augmented_backbone
-    from training.data import load_ravdess_speech
-    from training.stage1_inputs import split_refs
-    from training.stage1_state import build_seeded_encoder
 
-    sets = {space: load_ravdess_speech(ravdess_root, train_actors=LITE_SPLITS["train"],
-                                       dev_actors=LITE_SPLITS["dev"], label_space=space, with_text=True)
-            for space in LABEL_SPACES}
-    encoder = build_seeded_encoder("audio", cfg)
-    encoder.set_trainable_layers(0)
+    encoder, splits = _lite_refs(ravdess_root, cfg)
     settings = AugmentSettings()
-    parts, actors, uids, which = [], [], [], []
-    labels: dict[str, list[int]] = {s: [] for s in LABEL_SPACES}
-    for split in LITE_SPLITS:
-        refs = [r for r in split_refs(sets["meld"], split) if r.utt.label is not None and r.utt.audio is not None]
-        by_uid = {space: {u.uid: u.label for d in ds.splits[split] for u in d.utterances}
-                  for space, ds in sets.items()}
+    rows = _Rows()
+    for split, (refs, by_uid) in splits.items():
         for k in range(copies):
-            enc = augmented_backbone(encoder, refs, cfg, k, seed, settings, cache_dir, f"audio-ravdess-{split}")
-            keep = enc.ok.nonzero().flatten().tolist()
-            parts.append(enc.vectors[keep])
-            for i in keep:
-                utt = refs[i].utt
-                uids.append(utt.uid)
-                which.append(k)
-                actors.append(int(utt.speaker.removeprefix("actor")))
-                for space in LABEL_SPACES:
-                    labels[space].append(int(by_uid[space][utt.uid]))
-    return ClipVectors(vectors=torch.cat(parts), actors=np.asarray(actors),
-                       labels={s: np.asarray(v) for s, v in labels.items()}, uids=uids, copies=np.asarray(which))
+            rows.add(refs, by_uid, augmented_backbone(encoder, refs, cfg, k, seed, settings, cache_dir,
+                                                      f"audio-ravdess-{split}"), copy=k)
+    return rows.result(with_copies=True)
 
 
 def summary_lines(report: dict[str, Any]) -> list[str]:

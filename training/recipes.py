@@ -32,10 +32,10 @@ from training.features import DialogueFeatures, features_path, save_features, sp
 from training.recipe_inputs import Limits, dataset_counts, pick, subsample
 from training.runs import RunFolder, seed_everything
 from training.stage1 import Stage1Result, Stage1Settings, train_stage1
-from training.summary_table import summary_table
 from training.stage1_cache import Encoded, apply_head, cached_backbone, normalize_by_speaker
 from training.stage1_inputs import InputProblems, has_input, split_refs
 from training.stage1_state import load_stage1_model, trainable_encoder_state
+from training.summary_table import write_summary_table
 from training.transcript_style import asr_style_dataset
 
 logger = logging.getLogger(__name__)
@@ -373,7 +373,5 @@ def run_standard(
     report["seconds"] = {k: round(v, 1) for k, v in times.items()}
     report["config"] = config_to_dict(cfg)
     write_report(run, report)
-    table = summary_table({k: v for k, v in report.items() if k != "config"}, f"magtkd-train: {run.path}")
-    (run.path / "summary.md").write_text(table, encoding="utf-8")
-    print(table, flush=True)
+    write_summary_table(run.path, {k: v for k, v in report.items() if k != "config"}, f"magtkd-train: {run.path}")
     return report

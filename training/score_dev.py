@@ -152,14 +152,13 @@ def by_voice(matches: Sequence[Match]) -> dict[str, Any]:
     for kind in sorted({_voice_kind(m) for m in matches}):
         rows = [m for m in matches if _voice_kind(m) == kind and m.event is not None]
         carried = [m for m in rows if "voice" in m.utterance.get("cues", ())]
-        plain = [m for m in rows if "voice" not in m.utterance.get("cues", ())]
-        said = Counter(modality_label(m.event, "audio") or "absent" for m in plain if m.event is not None)
+        plain = [modality_label(m.event, "audio") for m in rows  # type: ignore[arg-type]
+                 if "voice" not in m.utterance.get("cues", ())]
         out[kind] = {"n": len(rows),
                      "voice_carries": {"n": len(carried), "audio_accuracy": _acc([_single_right(m, "audio")
                                                                                   for m in carried])},
-                     "voice_plain": {"n": len(plain), "audio_says_neutral": _acc([
-                         m.event is not None and modality_label(m.event, "audio") == "neutral" for m in plain]),
-                         "audio_labels": dict(said.most_common())}}
+                     "voice_plain": {"n": len(plain), "audio_says_neutral": _acc([a == "neutral" for a in plain]),
+                                     "audio_labels": dict(Counter(a or "absent" for a in plain).most_common())}}
     return out
 
 

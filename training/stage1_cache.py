@@ -111,6 +111,28 @@ def backbone_fingerprint(encoder: Encoder, modality: str, refs: Sequence[UttRef]
     return h.hexdigest()[:16]
 
 
+def read_cached(path: Path, shape: tuple[int, int], name: str) -> Optional[tuple[Encoded, dict[str, int]]]:
+    """Vectors cached at `path` and the skip counts stored with them; None when absent or of another shape."""
+    if not path.is_file():
+        return None
+    with np.load(path, allow_pickle=False) as z:
+        vectors, ok = z["vectors"], z["ok"]
+        counts = json.loads(str(z["counts"])) if "counts" in z.files else {}
+    if vectors.shape != shape:
+        logger.warning("%s: cache %s has shape %s, expected %s; recomputing", name, path, vectors.shape, shape)
+        return None
+    logger.info("%s: backbone vectors read from cache %s", name, path)
+    return Encoded(torch.from_numpy(vectors), torch.from_numpy(ok)), counts
+
+
+def write_cached(path: Path, enc: Encoded, counts: Optional[dict[str, int]] = None) -> None:
+    """Write vectors (and skip counts) to `path` atomically: a killed run never leaves half a cache file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, vectors=enc.vectors.numpy(), ok=enc.ok.numpy(), counts=np.asarray(json.dumps(counts or {})))
+    tmp.replace(path)
+
+
 def cached_backbone(
     encoder: Encoder,
     refs: Sequence[UttRef],
@@ -130,17 +152,12 @@ def cached_backbone(
     path = None
     if cache_dir is not None:
         path = Path(cache_dir) / f"{name}-{backbone_fingerprint(encoder, modality, refs, cfg)}.npz"
-        if path.is_file():
-            with np.load(path, allow_pickle=False) as z:
-                vectors, ok = z["vectors"], z["ok"]
-                counts = json.loads(str(z["counts"])) if "counts" in z.files else {}
-            if vectors.shape == (len(refs), encoder.dim):
-                logger.info("%s: backbone vectors read from cache %s", name, path)
-                if problems is not None:
-                    problems.report.skipped.update({k: int(v) for k, v in counts.items()})
-                return Encoded(torch.from_numpy(vectors), torch.from_numpy(ok))
-            logger.warning("%s: cache %s has shape %s, expected %s; recomputing",
-                           name, path, vectors.shape, (len(refs), encoder.dim))
+        cached = read_cached(path, (len(refs), encoder.dim), name)
+        if cached is not None:
+            enc, counts = cached
+            if problems is not None:
+                problems.report.skipped.update({k: int(v) for k, v in counts.items()})
+            return enc
     local = InputProblems(name)
     enc = encode_backbone(encoder, refs, modality, cfg, batch_size, local, num_workers, name, progress)
     if problems is not None:
@@ -148,11 +165,7 @@ def cached_backbone(
         problems.failed_uids |= local.failed_uids
         problems.absent_uids |= local.absent_uids
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, vectors=enc.vectors.numpy(), ok=enc.ok.numpy(),
-                 counts=np.asarray(json.dumps(local.counts())))
-        tmp.replace(path)
+        write_cached(path, enc, local.counts())
     return enc
 
 

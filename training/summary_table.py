@@ -8,6 +8,7 @@ writes to summary.md in the run folder.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 SCORE_KEYS: tuple[str, ...] = ("accuracy", "weighted_f1", "macro_f1")
@@ -35,3 +36,11 @@ def summary_table(summary: Mapping[str, Any], title: str = "") -> str:
     if not rows:
         lines.append("| (nothing scored) | - | - | - | - |")
     return "\n".join(lines) + "\n"
+
+
+def write_summary_table(run_dir: Path, summary: Mapping[str, Any], title: str) -> str:
+    """summary.md in the run folder, and the same table printed: the last thing a training run shows."""
+    table = summary_table(summary, title)
+    (Path(run_dir) / "summary.md").write_text(table, encoding="utf-8")
+    print(table, flush=True)
+    return table

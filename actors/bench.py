@@ -39,7 +39,7 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from actors.gateway import Gateway
-from actors.media import AudioChunk, decode, probe
+from magtkd_stream.media import AudioChunk, decode, probe
 from actors.pipeline import Pipeline
 from actors.serve import gateway_config
 from actors.sink import PipelineSink

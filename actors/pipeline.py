@@ -26,7 +26,9 @@ from typing import Any, Optional
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
-from actors.encoders import ASRWorker, EncoderWorker, FusionWorker, checkpoint_path
+from magtkd_stream.checkpoint import checkpoint_path
+from magtkd_stream.workers import ASRWorker, EncoderWorker, FusionWorker
+from magtkd_stream.backend import BackendError, BackendInfo, audio_may_come_from_asr, backend_info
 from magtkd_stream.config import Config
 from magtkd_stream.stream_config import ActorResources, StreamConfig
 from magtkd_stream.names import MODALITIES
@@ -36,7 +38,7 @@ log = logging.getLogger(__name__)
 CONCURRENCY = 1000  # calls an async actor may hold at once; its batcher does the real queueing
 
 
-class ActorCallError(RuntimeError):
+class ActorCallError(BackendError):
     """An actor died, restarted, or timed out during a call; the message names the actor and the cause."""
 
 
@@ -78,21 +80,14 @@ def init_ray(address: Optional[str] = None, log_to_driver: bool = False) -> bool
     return True
 
 
-@dataclass(frozen=True)
-class PipelineInfo:
-    """What the running pipeline is: the facts the sink, the gateway and the reports need."""
-
-    model: str  # the checkpoint's id (magtkd_stream.checkpoint.model_id), or "untrained"
-    labels: tuple[str, ...]
-    window: int  # utterances of context the fusion actor keeps per session
-    trained: bool
-    audio_from_asr: bool  # the ASR's Whisper pass yields the audio vector: no audio actor
-    encoder_dims: dict[str, int] = field(default_factory=dict)
-    crop_on_arrival: bool = False  # faces are cropped as frames arrive, not at the utterance's end
+PipelineInfo = BackendInfo  # the Ray pipeline's facts are a backend's facts
 
 
 class Pipeline:
-    """Handles to the running actors, grouped by kind, and the model facts the sink needs."""
+    """Handles to the running actors, grouped by kind, and the model facts the recognizer needs.
+
+    Implements magtkd_stream.backend.Backend over `call`, so a Recognizer runs on the actors.
+    """
 
     def __init__(self, cfg: Config, stream: StreamConfig, slots: dict[str, list[ActorSlot]], info: PipelineInfo,
                  owns_ray: bool) -> None:
@@ -161,9 +156,7 @@ class Pipeline:
 
             make("asr", ASRWorker, cfg, threads=stream.resources("asr").threads, wait_ms=wait_ms,
                  max_batch=max_batch, script=asr_script)
-            audio_cfg = cfg.encoders.audio
-            # Whisper audio vectors of the ASR's own model come with every transcript: no audio actor then.
-            maybe_from_asr = audio_cfg.kind == "whisper" and audio_cfg.model == cfg.encoders.asr.model
+            maybe_from_asr = audio_may_come_from_asr(cfg)  # then no audio actor
             for m in ("text", "video") if maybe_from_asr else ("text", "video", "audio"):
                 encoder(m)
             asr_dim = get(slots["asr"][0].handle.dim.remote())
@@ -186,9 +179,7 @@ class Pipeline:
             if owns:
                 ray.shutdown()
             raise
-        info = PipelineInfo(model=str(fusion["model"]), labels=tuple(fusion["labels"]), window=int(fusion["window"]),
-                            trained=bool(fusion["trained"]), audio_from_asr=audio_from_asr, encoder_dims=dict(dims),
-                            crop_on_arrival=bool(crops) and stream.crop_fps > 0)
+        info = backend_info(fusion, audio_from_asr=audio_from_asr, dims=dims, crops=bool(crops), stream=stream)
         log.info("pipeline up in %.1f s: %s (model %s, window %d)", time.perf_counter() - t0,
                  ", ".join(s.name for s in created), info.model, info.window)
         return cls(cfg, stream, slots, info, owns)
@@ -239,6 +230,26 @@ class Pipeline:
     async def health_async(self, timeout_s: float = 5.0) -> dict[str, Any]:
         """health() without blocking an event loop (for the server)."""
         return await asyncio.to_thread(self.health, timeout_s)
+
+    # ------------------------------------------------------------ the Backend protocol
+
+    async def transcribe(self, audio: Any) -> Any:
+        return await self.call("asr", "transcribe", audio)
+
+    async def encode(self, modality: str, items: Any) -> Any:
+        return await self.call(modality, "encode", list(items))
+
+    async def crop(self, frame: Any, session: str) -> Any:
+        return await self.call("video", "crop", frame, session, key=session)  # the session's face tracker
+
+    async def fuse(self, session: str, speaker: str, vectors: Any) -> Any:
+        return await self.call("fusion", "fuse", session, speaker, vectors, key=session)
+
+    async def peek(self, session: str, speaker: str, vectors: Any) -> Any:
+        return await self.call("fusion", "peek", session, speaker, vectors, key=session)
+
+    async def end_session(self, session: str) -> None:
+        await self.call("fusion", "end_session", session, key=session)
 
     # ------------------------------------------------------------ calls
 

@@ -1,264 +1,59 @@
-"""`magtkd-stream run FILE`: replay a media file through the live pipeline, print and record its events.
+"""`magtkd-stream run FILE`: replay media files through the recognizer, on the Ray actors or in-process.
 
-The file is decoded into what a live client would send (20 ms audio chunks,
-timed BGR frames) and pushed into the same PipelineSink the websocket gateway
-uses, at real-time pace by default (so latencies are those a live user would
-see) or as fast as the actors allow. Events come back over an in-process
-EventBus subscription: each utterance prints one compact line, every event is
-written as JSONL, and a summary closes the run.
+The replay itself (decode, pace, print, record) is magtkd_stream/replay.py;
+this module starts the backend the user asked for (`--backend ray`, the
+default: the same actors `serve` runs; `--backend local`: the same workers in
+this process, no Ray), runs one session per file on it and stops what it started.
 """
 
 from __future__ import annotations
 
-import dataclasses
-
 import asyncio
-import re
-import time
-from collections import Counter
-from pathlib import Path
 import sys
-from typing import Any, Callable, Mapping, Optional, Sequence, Union
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Optional, Sequence, Union
 
-import numpy as np
-
-from actors.media import AudioChunk, Frame, decode, probe
 from actors.pipeline import Pipeline
-from actors.sink import PipelineSink
-from magtkd_stream.bus import BusEvent, EventBus
+from magtkd_stream.backend import Backend
 from magtkd_stream.config import Config
-from magtkd_stream.protocol import make_session_end, make_session_start
-from magtkd_stream.vector_tap import VectorRecorder
-from magtkd_stream.names import MODALITIES, SAMPLE_RATE
+from magtkd_stream.media import probe
+from magtkd_stream.replay import PrintFn, format_summary, replay_file, unique_sessions
 
-PrintFn = Callable[[str], Any]
-STARTING = ("starting the recognizer ({profile} profile): Ray and its actors load their models, 10-30 s on a "
-            "CPU ...")
+BACKENDS = ("ray", "local")
+STARTING = {
+    "ray": "starting the recognizer ({profile} profile): Ray and its actors load their models, 10-30 s on a CPU ...",
+    "local": "starting the recognizer ({profile} profile) in this process: its models load, 5-15 s on a CPU ...",
+}
 
-
-def session_name(path: Union[str, Path]) -> str:
-    """A valid session id from a file name (1-64 of A-Z a-z 0-9 _ . -)."""
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(path).stem).strip("-.") or "file"
-    return stem[:64]
+__all__ = ["BACKENDS", "run_file", "run_files", "run_file_cli", "format_summary"]
 
 
-def _clock(seconds: float) -> str:
-    minutes, rest = divmod(max(0.0, seconds), 60)
-    return f"{int(minutes):02d}:{rest:04.1f}"
-
-
-def _short(p: float) -> str:
-    """Probability without the leading zero (".42"); "1.00" once it rounds up to one."""
-    text = f"{p:.2f}"
-    return text[1:] if text.startswith("0") else text
-
-
-def format_event(event: Mapping[str, Any]) -> Optional[str]:
-    """One readable line for an emotion event (None for other events)."""
-    if event.get("type") != "emotion":
-        return None
-    head = f"[{_clock(event['start'])}-{_clock(event['end'])}] Speaker {event.get('speaker') or '?'}: \"{event.get('text', '')}\""
-    latency = f"{event['timing']['e2e_ms']:.0f} ms"
-    if event.get("status") == "failed":
-        return f"{head}  FAILED ({event.get('error', 'unknown error')})  {latency}"
-    parts = []
-    for m in MODALITIES:
-        entry = event["modalities"][m]
-        if entry["present"]:
-            parts.append(f"{m} {entry['label']} {_short(entry['probs'][entry['label']])}")
-        else:
-            parts.append(f"{m} \u2014")
-    label = event["label"]
-    return f"{head}  {label} {event['probs'][label]:.2f} ({' | '.join(parts)})  {latency}"
-
-
-def _percentiles(values: list[float]) -> dict[str, Optional[float]]:
-    if not values:
-        return {"p50": None, "p95": None, "max": None}
-    arr = np.asarray(values, dtype=np.float64)
-    return {"p50": round(float(np.percentile(arr, 50)), 1), "p95": round(float(np.percentile(arr, 95)), 1),
-            "max": round(float(arr.max()), 1)}
-
-
-def summarize(events: list[Mapping[str, Any]], media_s: float, wall_s: float) -> dict[str, Any]:
-    """Utterances, failures, emotion distribution, end-to-end and per-stage latency of a run's events."""
-    emotions = [e for e in events if e.get("type") == "emotion"]
-    ok = [e for e in emotions if e.get("status") == "ok"]
-    stages: dict[str, list[float]] = {}
-    for e in ok:
-        for k, v in e["timing"]["stages_ms"].items():
-            stages.setdefault(k, []).append(float(v))
-    return {
-        "utterances": len(emotions),
-        "failed": len(emotions) - len(ok),
-        "emotions": dict(Counter(e["label"] for e in ok).most_common()),
-        "latency_ms": _percentiles([float(e["timing"]["e2e_ms"]) for e in ok]),
-        "stages_ms": {k: _percentiles(v) for k, v in sorted(stages.items())},
-        "media_s": round(media_s, 2),
-        "wall_s": round(wall_s, 2),
-        "model": ok[0]["model"] if ok else (emotions[0]["model"] if emotions else None),
-    }
-
-
-def format_summary(summary: Mapping[str, Any]) -> str:
-    lat = summary["latency_ms"]
-    dist = ", ".join(f"{k} {v}" for k, v in summary["emotions"].items()) or "none"
-    lines = [
-        f"utterances: {summary['utterances']} ({summary['failed']} failed) in {summary['media_s']:.1f} s of media, "
-        f"{summary['wall_s']:.1f} s wall",
-        f"emotions: {dist}",
-    ]
-    if lat["p50"] is not None:
-        lines.append(f"latency (end of speech -> event): p50 {lat['p50']:.0f} ms, p95 {lat['p95']:.0f} ms, max {lat['max']:.0f} ms")
-    if summary.get("events"):
-        lines.append(f"events written to {summary['events']}")
-    return "\n".join(lines)
-
-
-async def replay(
-    sink: PipelineSink,
-    path: Union[str, Path],
-    session: str,
-    speaker: Optional[str],
-    fast: bool,
-    max_fps: float = 10.0,
-    counts: Optional[list] = None,
-) -> None:
-    """Push the file's audio and frames into `sink` for `session`; counts = [media seconds, frames] pushed."""
-    info = probe(path)
-    await sink.open(session, speaker, info.has_video)
-    loop = asyncio.get_running_loop()
-    items = decode(path, video=info.has_video, max_fps=max_fps)
-    batch_size = 25  # decoded items fetched per hop to the decoding thread
-    t0 = loop.time()
-    counts = counts if counts is not None else [0.0, 0]
-    limit = sink.pipeline.stream.shed_video_after
-    done = object()
-    fetch = loop.run_in_executor(None, _take, items, batch_size, done)
-    try:
-        while True:
-            batch = await fetch
-            if not any(x is done for x in batch):  # decode the next items while these are paced out
-                fetch = loop.run_in_executor(None, _take, items, batch_size, done)
-            for item in batch:
-                if item is done:
-                    return
-                when = item.end_s if isinstance(item, AudioChunk) else item.ts
-                if not fast:
-                    delay = t0 + when - loop.time()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                else:  # as fast as the actors take it, without piling up utterances (which would shed video)
-                    await sink.wait_in_flight(session, limit)
-                if isinstance(item, AudioChunk):
-                    await sink.audio(session, item.samples)
-                    counts[0] = item.end_s
-                elif isinstance(item, Frame):
-                    await sink.video(session, item.ts, item.image)
-                    counts[1] += 1
-    finally:
-        await asyncio.gather(fetch, return_exceptions=True)  # the generator may not be closed mid-step
-        items.close()
-        await sink.end(session)
-
-
-PROGRESS_EVERY_S = 15.0  # a line this often while no utterance comes (a long silence, a slow start)
-
-
-async def _progress(events: list[dict[str, Any]], duration_s: Optional[float], replayed: Callable[[], float],
-                    print_fn: Optional[PrintFn], every_s: float = PROGRESS_EVERY_S) -> None:
-    """Say how far the replay is whenever `every_s` pass without a new emotion line."""
-    if print_fn is None:
-        return
-    seen = 0
-    while True:
-        await asyncio.sleep(every_s)
-        done = sum(1 for e in events if e.get("type") == "emotion")
-        if done == seen:
-            total = f" of {_clock(duration_s)}" if duration_s else ""
-            print_fn(f"... {_clock(replayed())}{total} replayed, {done} utterance(s) so far")
-        seen = done
-
-
-def _take(it: Any, n: int, done: object) -> list[Any]:
-    out = []
-    for _ in range(n):
+def _run_on(cfg: Config, kind: str, address: Optional[str], given: Optional[Backend], print_fn: Optional[PrintFn],
+            body: Callable[[Backend], Awaitable[Any]]) -> Any:
+    """Run `body(backend)` on the given backend, or on one of `kind` started (and stopped) here."""
+    if kind not in BACKENDS:
+        raise ValueError(f"backend {kind!r} is not one of {', '.join(BACKENDS)}")
+    if given is None and print_fn is not None:
+        print_fn(STARTING[kind].format(profile=cfg.profile))
+    if given is not None:
+        return asyncio.run(body(given))
+    if kind == "ray":
+        pipe = Pipeline.start(cfg, address)
         try:
-            out.append(next(it))
-        except StopIteration:
-            out.append(done)
-            break
-    return out
+            return asyncio.run(body(pipe))
+        finally:
+            pipe.stop()
 
+    async def local() -> Any:
+        from magtkd_stream.local_backend import LocalBackend
 
-async def run_file_async(
-    pipeline: Pipeline,
-    path: Union[str, Path],
-    fast: bool = False,
-    out_jsonl: Optional[Union[str, Path]] = None,
-    print_fn: Optional[PrintFn] = print,
-    session: Optional[str] = None,
-    speaker: Optional[str] = "A",
-    max_fps: float = 10.0,
-    vectors_out: Optional[Union[str, Path]] = None,
-    collect: Optional[list[dict[str, Any]]] = None,
-) -> dict[str, Any]:
-    """Replay one file through a running pipeline; see run_file. vectors_out: write the encoder vectors there;
-    collect: the file's events are appended to it (for a report)."""
-    info = probe(path)  # clear errors before anything starts
-    session = session or session_name(path)
-    bus = EventBus(subscriber_queue=1 << 16, replay_buffer=1 << 16)
-    sub = bus.subscribe(session)
-    recorder = VectorRecorder() if vectors_out is not None else None
-    sink = PipelineSink(pipeline, bus.publish, tap=recorder)
-    events: list[dict[str, Any]] = []
-    if out_jsonl:
-        Path(out_jsonl).parent.mkdir(parents=True, exist_ok=True)
-    out = open(out_jsonl, "w", encoding="utf-8") if out_jsonl else None
+        backend = await LocalBackend.start(cfg)
+        try:
+            return await body(backend)
+        finally:
+            backend.stop()
 
-    async def consume() -> None:
-        while True:
-            item = await sub.get()
-            if not isinstance(item, BusEvent):
-                continue
-            events.append(item.data)
-            if out is not None:
-                out.write(item.text + "\n")
-                out.flush()
-            line = format_event(item.data)
-            if line is not None and print_fn is not None:
-                print_fn(line)
-            if item.data["type"] == "session_end":
-                return
-
-    consumer = asyncio.create_task(consume())
-    started = time.time()
-    reason, counts = "end", [0.0, 0]
-    progress = asyncio.create_task(_progress(events, info.duration_s, lambda: counts[0], print_fn))
-    bus.start_session(session, make_session_start(session, speaker, info.has_video, SAMPLE_RATE, started))
-    try:
-        await replay(sink, path, session, speaker, fast, max_fps, counts)
-    except BaseException:
-        reason = "error"
-        raise
-    finally:
-        bus.end_session(session, make_session_end(session, reason, counts[0], int(counts[1]), 0, time.time()))
-        progress.cancel()
-        await asyncio.wait_for(consumer, 10.0)
-        sub.close()
-        await sink.close()
-        if out is not None:
-            out.close()
-    if collect is not None:
-        collect.extend(events)
-    summary = summarize(events, counts[0], time.time() - started)
-    summary.update(file=str(path), session=session, events=str(out_jsonl) if out_jsonl else None)
-    if recorder is not None and vectors_out is not None:
-        sections = {m: dataclasses.asdict(getattr(pipeline.cfg.encoders, m)) for m in MODALITIES}
-        summary["vectors"] = str(recorder.save(vectors_out, model=sink.model_id, encoders=sections))
-    if print_fn is not None:
-        print_fn(format_summary(summary))
-    return summary
+    return asyncio.run(local())
 
 
 def run_file(
@@ -268,7 +63,8 @@ def run_file(
     out_jsonl: Optional[Union[str, Path]] = None,
     print_fn: Optional[PrintFn] = print,
     *,
-    pipeline: Optional[Pipeline] = None,
+    pipeline: Optional[Backend] = None,
+    backend: str = "ray",
     address: Optional[str] = None,
     session: Optional[str] = None,
     speaker: Optional[str] = "A",
@@ -276,35 +72,20 @@ def run_file(
     vectors_out: Optional[Union[str, Path]] = None,
     collect: Optional[list[dict[str, Any]]] = None,
 ) -> dict[str, Any]:
-    """Replay `path` (audio or video) through the pipeline; print a line per utterance; return the summary.
+    """Replay `path` (audio or video); print a line per utterance; return the summary.
 
-    Starts a pipeline from `cfg` (local Ray, or `address` / RAY_ADDRESS) unless
-    one is given, and stops what it started. `fast` pushes media as fast as the
-    actors take it instead of at real-time pace. Raises FileNotFoundError or
-    ValueError naming the problem for a missing, undecodable or silent-less file.
+    Runs on `pipeline` when one is given (any Backend), else starts a `backend`
+    ("ray": local Ray, or `address` / RAY_ADDRESS; "local": in this process)
+    from `cfg` and stops it after. `fast` pushes media as fast as the models
+    take it instead of at real-time pace. Raises FileNotFoundError or
+    ValueError naming the problem for a missing, undecodable or audio-less file.
     """
     probe(path)
-    own = pipeline is None
-    if own and print_fn is not None:
-        print_fn(STARTING.format(profile=cfg.profile))
-    pipe = pipeline or Pipeline.start(cfg, address)
-    try:
-        return asyncio.run(run_file_async(pipe, path, fast, out_jsonl, print_fn, session, speaker, max_fps,
-                                          vectors_out, collect))
-    finally:
-        if own:
-            pipe.stop()
 
+    async def body(b: Backend) -> dict[str, Any]:
+        return await replay_file(b, path, fast, out_jsonl, print_fn, session, speaker, max_fps, vectors_out, collect)
 
-def unique_sessions(paths: Sequence[Union[str, Path]]) -> list[str]:
-    """One session id per file, from its name; a repeated name gets -2, -3, ... so no two files share a session."""
-    seen: Counter = Counter()
-    out = []
-    for p in paths:
-        base = session_name(p)
-        seen[base] += 1
-        out.append(base if seen[base] == 1 else f"{base[:60]}-{seen[base]}")
-    return out
+    return _run_on(cfg, backend, address, pipeline, print_fn, body)
 
 
 def run_files(
@@ -314,41 +95,34 @@ def run_files(
     out_dir: Optional[Union[str, Path]] = None,
     print_fn: Optional[PrintFn] = print,
     *,
-    pipeline: Optional[Pipeline] = None,
+    pipeline: Optional[Backend] = None,
+    backend: str = "ray",
     address: Optional[str] = None,
     speaker: Optional[str] = "A",
     max_fps: float = 10.0,
     vectors_dir: Optional[Union[str, Path]] = None,
     collect: Optional[list[dict[str, Any]]] = None,
 ) -> list[dict[str, Any]]:
-    """Replay several files through one pipeline, one session each, in order; a summary per file.
+    """Replay several files through one backend, one session each, in order; a summary per file.
 
-    Starting Ray and the actors costs far more than a short file, so a batch of
-    files shares one pipeline. With `out_dir`, file k's events go to
+    Loading the models costs far more than a short file, so a batch of files
+    shares one backend. With `out_dir`, file k's events go to
     out_dir/<session k>.jsonl (and with `vectors_dir`, its encoder vectors to
     vectors_dir/<session k>.npz). Every file is probed before anything starts.
     """
     for p in paths:
         probe(p)
     sessions = unique_sessions(paths)
-    own = pipeline is None
-    if own and print_fn is not None:
-        print_fn(STARTING.format(profile=cfg.profile))
-    pipe = pipeline or Pipeline.start(cfg, address)
 
-    async def all_files() -> list[dict[str, Any]]:
+    async def body(b: Backend) -> list[dict[str, Any]]:
         out = []
         for p, session in zip(paths, sessions):
             jsonl = Path(out_dir) / f"{session}.jsonl" if out_dir is not None else None
             npz = Path(vectors_dir) / f"{session}.npz" if vectors_dir is not None else None
-            out.append(await run_file_async(pipe, p, fast, jsonl, print_fn, session, speaker, max_fps, npz, collect))
+            out.append(await replay_file(b, p, fast, jsonl, print_fn, session, speaker, max_fps, npz, collect))
         return out
 
-    try:
-        return asyncio.run(all_files())
-    finally:
-        if own:
-            pipe.stop()
+    return _run_on(cfg, backend, address, pipeline, print_fn, body)
 
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NO_SPEECH = 0, 1, 2, 3  # documented in `run --help` (magtkd_stream/cli.py)
@@ -360,15 +134,18 @@ def run_file_cli(cfg: Config, args: Any) -> int:
     out_dir = getattr(args, "out_dir", None)
     vectors_dir = getattr(args, "vectors_dir", None)
     report_dir = getattr(args, "report", None)
+    kind = getattr(args, "backend", None) or "ray"
     collected: Optional[list[dict[str, Any]]] = [] if report_dir is not None else None
     try:
         if len(files) > 1 and args.out is not None:
             raise ValueError("--out names one JSONL file; with several files use --out-dir DIR")
+        if kind == "local" and args.address:
+            raise ValueError("--address names a Ray cluster; --backend local runs without Ray")
         if len(files) == 1 and out_dir is None and vectors_dir is None:
             summaries = [run_file(cfg, files[0], fast=args.fast, out_jsonl=args.out, address=args.address,
-                                  speaker=args.speaker or "A", collect=collected)]
+                                  backend=kind, speaker=args.speaker or "A", collect=collected)]
         else:
-            summaries = run_files(cfg, files, fast=args.fast, out_dir=out_dir, address=args.address,
+            summaries = run_files(cfg, files, fast=args.fast, out_dir=out_dir, address=args.address, backend=kind,
                                   speaker=args.speaker or "A", vectors_dir=vectors_dir, collect=collected)
     except (FileNotFoundError, ValueError) as exc:
         print(f"magtkd-stream run: {exc}", file=sys.stderr)
@@ -378,7 +155,7 @@ def run_file_cli(cfg: Config, args: Any) -> int:
 
         title = f"magtkd-stream run {' '.join(Path(f).name for f in files)}"[:200]
         page = write_report(collected, Path(report_dir), title,
-                            {"files": [str(f) for f in files], "fast": bool(args.fast)})
+                            {"files": [str(f) for f in files], "fast": bool(args.fast), "backend": kind})
         print(f"report written to {page}")
     silent = [(f, s) for f, s in zip(files, summaries) if s.get("utterances", 0) == 0]
     for f, s in silent:

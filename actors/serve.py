@@ -24,7 +24,7 @@ from actors.gateway import TOKENS_ENV, Gateway, GatewayConfig
 from actors.local_devices import LocalSession, open_devices
 from actors.metrics import MetricsServer
 from actors.pipeline import Pipeline
-from actors.run_file import format_event
+from magtkd_stream.replay import format_event
 from actors.sink import PipelineSink
 from magtkd_stream.bus import BusEvent
 from magtkd_stream.config import Config, ConfigError

@@ -2,7 +2,7 @@
 
 The devices are magtkd_stream.devices' Microphone and Camera (the same ones
 `serve --mic/--camera` reads); this module only says what a client user should
-do instead when one is missing. A media file is decoded by actors.media, the
+do instead when one is missing. A media file is decoded by magtkd_stream.media, the
 decoding `magtkd-stream run FILE` replays, so a file sent by the client reaches
 the server exactly as it would be replayed locally; the file source is a plain
 iterator of timed items, paced by its caller.
@@ -16,7 +16,7 @@ from typing import Iterator, Union
 
 import numpy as np
 
-from actors.media import AudioChunk, decode, probe
+from magtkd_stream.media import AudioChunk, decode, probe
 from demo.live_messages import to_pcm16
 from magtkd_stream.devices import Camera, DeviceError, Microphone
 from magtkd_stream.protocol import NATIVE_SAMPLE_RATE
@@ -63,7 +63,7 @@ def iter_media(path: Path, fps: float = 10.0, video: bool = True, chunk_ms: int 
     """Audio (16 kHz mono int16, chunk_ms pieces) and video frames (about fps a second) of a file, in media-time order.
 
     Frames are thinned here to an average of fps a second (every decoded frame
-    from actors.media, then the first at or after each 1/fps step), so a 12 fps
+    from magtkd_stream.media, then the first at or after each 1/fps step), so a 12 fps
     file sent at 5 fps gives 5 frames a second, not every third frame.
     """
     next_video = 0.0

@@ -150,3 +150,27 @@ def model_id(path: str | Path, profile: str) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             digest.update(block)
     return f"{profile}:{Path(path).name}@{digest.hexdigest()[:12]}"
+
+
+def checkpoint_path(cfg: Config) -> str | None:
+    """The checkpoint file the config names (None: run untrained); a missing file is a clear error."""
+    if not cfg.checkpoint:
+        return None
+    from magtkd_stream.resources import resolve_model
+
+    try:
+        path = Path(resolve_model(cfg.checkpoint))
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(
+            f"checkpoint {cfg.checkpoint!r}: {exc}. Train one (magtkd-train) or run untrained with checkpoint=null"
+        ) from None
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"checkpoint {cfg.checkpoint!r} resolves to {path}, which is not a file; "
+            "give a .safetensors checkpoint or run untrained with checkpoint=null"
+        )
+    from magtkd_stream.labels import label_set
+
+    # The header only, so a damaged or foreign file is one clear CheckpointError before any model or actor starts.
+    check_checkpoint(path, expect_labels=label_set(cfg.labels), expect_profile=cfg.profile)
+    return str(path)

@@ -49,6 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write DIR/report.html: a timeline of the utterances (fused and per-modality labels "
                           "per speaker), a latency histogram and the emotion counts (PNGs beside it)")
     run.add_argument("--speaker", default=None, help="speaker label for the whole file")
+    run.add_argument("--backend", choices=("ray", "local"), default="ray",
+                     help="ray (default): the Ray actors `serve` runs; local: the same models in this process, "
+                          "no Ray (starts faster; no fault isolation)")
     _add_config_args(run)
 
     serve = sub.add_parser("serve", help="run the websocket service until stopped")

@@ -8,19 +8,36 @@ no transcript) stay absent in the window and are masked inside MAGT.
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from magtkd_stream.checkpoint import Checkpoint
+from magtkd_stream.checkpoint import Checkpoint, CheckpointError, load_checkpoint, model_id
 from magtkd_stream.config import Config
 from magtkd_stream.encoders.base import MODALITIES, ModalityHead
 from magtkd_stream.magt import MAGT
+from magtkd_stream.names import UNTRAINED_MODEL_ID
 from magtkd_stream.speaker_norm import SpeakerNormalizer
+
+log = logging.getLogger(__name__)
+
+
+def ignored_magt_settings(configured: Any, trained: Any) -> dict[str, tuple[Any, Any]]:
+    """{field: (configured, checkpoint's)} for every magt setting where the profile differs from a checkpoint.
+
+    A checkpoint carries the MAGT it was trained as; `--set magt.window=4` on a
+    profile with a checkpoint would otherwise be silently without effect.
+    """
+    a, b = dataclasses.asdict(configured), dataclasses.asdict(trained)
+    return {k: (a[k], b.get(k)) for k in a if a[k] != b.get(k)}
+
 
 
 @dataclass
@@ -101,6 +118,8 @@ class FusionModel(nn.Module):
         # Per-speaker running normalisation of backbone vectors before the head, by modality (the
         # heads were trained on vectors normalised this way); each session gets fresh statistics.
         self.speaker_norm: dict[str, SpeakerNormalizer] = {}
+        self.labels: list[str] = []  # class names, set when loaded from a checkpoint
+        self.model_id = UNTRAINED_MODEL_ID  # the checkpoint's id once loaded (FusionModel.load)
 
     @classmethod
     def from_checkpoint(cls, ck: Checkpoint) -> "FusionModel":
@@ -112,6 +131,7 @@ class FusionModel(nn.Module):
         for m in MODALITIES:
             model.heads[m].load_state_dict(ck.state_dict(f"{m}.head"))
         model.magt.load_state_dict(ck.state_dict("magt"))
+        model.labels = list(ck.labels)
         temps = ck.extra.get("temperature") or {}
         for k, t in temps.items():
             if k in model.temperature and isinstance(t, (int, float)) and t > 0:
@@ -125,6 +145,42 @@ class FusionModel(nn.Module):
                                  f"the {m} head reads {dims[m]}")
             model.speaker_norm[m] = norm
         return model.eval()
+
+    @classmethod
+    def load(cls, path: str | Path, cfg: Config, encoder_dims: Mapping[str, int]) -> "FusionModel":
+        """The trained heads + MAGT of checkpoint `path`, checked against the profile that serves them.
+
+        Raises CheckpointError naming the mismatch when the file is foreign (labels,
+        profile) or was trained on other encoder widths or another Whisper window;
+        warns when profile magt settings are overridden by what the checkpoint holds.
+        The model carries `labels` and `model_id` (the file's digest and profile).
+        """
+        from magtkd_stream.labels import label_set
+
+        ck = load_checkpoint(path, expect_labels=label_set(cfg.labels), expect_profile=cfg.profile)
+        trained = {m: int(d) for m, d in (ck.extra.get("encoder_dims") or {}).items()}
+        wrong = {m: (trained.get(m), int(d)) for m, d in encoder_dims.items() if trained.get(m) != int(d)}
+        if wrong:
+            raise CheckpointError(
+                f"checkpoint {path} was trained on encoder widths {trained}, but the configured encoders give "
+                f"{dict(encoder_dims)} (mismatch: {wrong}); use the checkpoint's profile"
+            )
+        trained_window, window_now = ck.config.encoders.asr.window_seconds, cfg.encoders.asr.window_seconds
+        if ck.config.encoders.audio.kind == "whisper" and trained_window != window_now:
+            raise CheckpointError(
+                f"checkpoint {path} was trained on Whisper vectors of a {trained_window:g} s window, but "
+                f"encoders.asr.window_seconds is {window_now:g}; set it to {trained_window:g}"
+            )
+        ignored = ignored_magt_settings(cfg.magt, ck.config.magt)
+        if ignored:
+            log.warning(
+                "MAGT is rebuilt from checkpoint %s, so the configured magt settings %s are ignored (the "
+                "checkpoint has %s); set stream.window to change the context window", path,
+                {k: v[0] for k, v in ignored.items()}, {k: v[1] for k, v in ignored.items()},
+            )
+        model = cls.from_checkpoint(ck)
+        model.model_id = model_id(path, ck.profile)
+        return model
 
     def session_normalizers(self) -> dict[str, SpeakerNormalizer]:
         """Fresh per-speaker normalisers for a new session (empty when the checkpoint has none)."""

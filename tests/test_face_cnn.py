@@ -384,7 +384,7 @@ def test_faces_cropped_on_arrival_encode_like_the_frames_they_came_from():
 def test_video_actor_tracks_each_stream_and_forgets_the_least_recent(monkeypatch: pytest.MonkeyPatch):
     import asyncio
 
-    import actors.encoders as actor_encoders
+    import magtkd_stream.workers as actor_encoders
     from magtkd_stream.config import load_config
 
     monkeypatch.setattr(actor_encoders, "MAX_TRACKED_STREAMS", 2)

@@ -1,4 +1,4 @@
-"""Cross-session micro-batching inside an asyncio actor: gather requests for a short, bounded wait.
+"""Cross-session micro-batching on an asyncio loop: gather requests for a short, bounded wait.
 
 Each session's request carries a few items; the batcher collects requests
 until `max_batch` items are waiting or `wait_s` has passed since the oldest

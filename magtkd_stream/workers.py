@@ -1,33 +1,31 @@
-"""Actor logic of the recognizer: ASR, utterance encoders and MAGT fusion, as plain classes.
+"""The recognizer's model workers: ASR, utterance encoders and MAGT fusion, as plain async classes.
 
-The pipeline wraps each class with ray.remote(...).options(resources from the
-config) when it creates the actor, so the classes themselves stay plain and
-testable. Every worker batches concurrent requests from all sessions with a
+Both backends run these same classes: the Ray pipeline (actors/pipeline.py)
+wraps each with ray.remote(...).options(resources from the config), and the
+in-process backend (magtkd_stream/local_backend.py) calls them directly, so
+what is served is the same code either way. Every worker batches concurrent requests from all sessions with a
 MicroBatcher (short bounded wait) and runs its model on one thread whose
 torch / CTranslate2 thread count comes from the config.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import socket
 import time
-from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
 
-from actors.batching import MicroBatcher
+from magtkd_stream.batching import MicroBatcher
 from magtkd_stream.config import Config
-from magtkd_stream.names import SAMPLE_RATE
+from magtkd_stream.names import SAMPLE_RATE, UNTRAINED_MODEL_ID
 
 log = logging.getLogger(__name__)
 
 MAX_TRACKED_STREAMS = 1024  # face trackers kept by a video actor; the least recently used goes first
 
-UNTRAINED_MODEL_ID = "untrained"
 WARMUP_SESSION = "__warmup__"
 
 
@@ -52,31 +50,6 @@ def _device(num_gpus: float) -> str:
     import torch
 
     return "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
-
-
-def checkpoint_path(cfg: Config) -> Optional[str]:
-    """The checkpoint file the config names (None: run untrained); a missing file is a clear error."""
-    if not cfg.checkpoint:
-        return None
-    from magtkd_stream.resources import resolve_model
-
-    try:
-        path = Path(resolve_model(cfg.checkpoint))
-    except FileNotFoundError as exc:
-        raise FileNotFoundError(
-            f"checkpoint {cfg.checkpoint!r}: {exc}. Train one (magtkd-train) or run untrained with checkpoint=null"
-        ) from None
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"checkpoint {cfg.checkpoint!r} resolves to {path}, which is not a file; "
-            "give a .safetensors checkpoint or run untrained with checkpoint=null"
-        )
-    from magtkd_stream.checkpoint import check_checkpoint
-    from magtkd_stream.labels import label_set
-
-    # Its header here, in the caller, so a damaged or foreign file is one clear CheckpointError before Ray starts.
-    check_checkpoint(path, expect_labels=label_set(cfg.labels), expect_profile=cfg.profile)
-    return str(path)
 
 
 class ASRWorker:
@@ -222,16 +195,6 @@ class EncoderWorker:
         return {"ok": True, "batches": self.batcher.batches, "items": self.batcher.items, **_where()}
 
 
-def ignored_magt_settings(configured: Any, trained: Any) -> dict[str, tuple[Any, Any]]:
-    """{field: (configured, checkpoint's)} for every magt setting where the profile differs from a checkpoint.
-
-    A checkpoint carries the MAGT it was trained as; `--set magt.window=4` on a
-    profile with a checkpoint would otherwise be silently without effect.
-    """
-    a, b = dataclasses.asdict(configured), dataclasses.asdict(trained)
-    return {k: (a[k], b.get(k)) for k in a if a[k] != b.get(k)}
-
-
 class FusionWorker:
     """Trained heads + MAGT with one SessionWindow per session: predicts each new utterance causally.
 
@@ -256,32 +219,9 @@ class FusionWorker:
 
         _pin_threads(threads)
         if checkpoint is not None:
-            from magtkd_stream.checkpoint import load_checkpoint, model_id
-
-            ck = load_checkpoint(checkpoint, expect_labels=label_set(cfg.labels), expect_profile=cfg.profile)
-            trained = {m: int(d) for m, d in (ck.extra.get("encoder_dims") or {}).items()}
-            wrong = {m: (trained.get(m), int(d)) for m, d in encoder_dims.items() if trained.get(m) != int(d)}
-            if wrong:
-                raise ValueError(
-                    f"checkpoint {checkpoint} was trained on encoder widths {trained}, but the configured encoders give "
-                    f"{dict(encoder_dims)} (mismatch: {wrong}); use the checkpoint's profile"
-                )
-            trained_window, window_now = ck.config.encoders.asr.window_seconds, cfg.encoders.asr.window_seconds
-            if ck.config.encoders.audio.kind == "whisper" and trained_window != window_now:
-                raise ValueError(
-                    f"checkpoint {checkpoint} was trained on Whisper vectors of a {trained_window:g} s window, but "
-                    f"encoders.asr.window_seconds is {window_now:g}; set it to {trained_window:g}"
-                )
-            ignored = ignored_magt_settings(cfg.magt, ck.config.magt)
-            if ignored:
-                log.warning(
-                    "MAGT is rebuilt from checkpoint %s, so the configured magt settings %s are ignored (the "
-                    "checkpoint has %s); set stream.window to change the context window", checkpoint,
-                    {k: v[0] for k, v in ignored.items()}, {k: v[1] for k, v in ignored.items()},
-                )
-            self.model = FusionModel.from_checkpoint(ck)
-            self.labels = list(ck.labels)
-            self.model_id = model_id(checkpoint, ck.profile)
+            self.model = FusionModel.load(checkpoint, cfg, encoder_dims)
+            self.labels = list(self.model.labels)
+            self.model_id = self.model.model_id
         else:
             log.warning(
                 "!!! NO CHECKPOINT: fusion heads and MAGT are RANDOMLY INITIALISED; predictions are meaningless "

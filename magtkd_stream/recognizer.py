@@ -158,6 +158,9 @@ class Recognizer:
         if sess is None:
             return
         try:
+            if sess.interim is not None:  # the final event supersedes it, and its peek must not outlive end_session
+                sess.interim.cancel()
+                await asyncio.gather(sess.interim, return_exceptions=True)
             if sess.crops:  # the last frames' faces belong to the last utterance
                 await asyncio.gather(*list(sess.crops), return_exceptions=True)
             jobs = await asyncio.get_running_loop().run_in_executor(self._vad_pool, sess.core.finish, None)
@@ -340,6 +343,10 @@ class Recognizer:
             if sess.core.next_index != job.index or self.sessions.get(job.session) is not sess:
                 return  # the utterance ended meanwhile: its final event supersedes this one
             self._emit(job.session, self._emotion(job, vectors, fused, stages, None, final=False))
+        except asyncio.CancelledError:  # the session ended: its encoders' side calls go with it
+            for task in side.values():
+                task.cancel()
+            raise
         except Exception as exc:  # an interim is a courtesy: its failure costs nothing else
             log.info("interim for utterance %d of session %s skipped: %s", job.index, job.session, _describe(exc))
             for task in side.values():

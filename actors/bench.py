@@ -67,7 +67,7 @@ def client_messages(path: str, seconds: Optional[float], fps: float, jpeg_qualit
     import cv2
 
     out: list[Message] = []
-    info = probe(path)
+    info = probe(path, need_audio=True)
     for item in decode(path, chunk_ms=20, video=info.has_video, max_fps=fps):
         if isinstance(item, AudioChunk):
             if seconds is not None and item.end_s > seconds + 1e-9:

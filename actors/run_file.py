@@ -80,7 +80,7 @@ def run_file(
     take it instead of at real-time pace. Raises FileNotFoundError or
     ValueError naming the problem for a missing, undecodable or audio-less file.
     """
-    probe(path)
+    probe(path, need_audio=True)
 
     async def body(b: Backend) -> dict[str, Any]:
         return await replay_file(b, path, fast, out_jsonl, print_fn, session, speaker, max_fps, vectors_out, collect)
@@ -111,7 +111,7 @@ def run_files(
     vectors_dir/<session k>.npz). Every file is probed before anything starts.
     """
     for p in paths:
-        probe(p)
+        probe(p, need_audio=True)
     sessions = unique_sessions(paths)
 
     async def body(b: Backend) -> list[dict[str, Any]]:

@@ -53,7 +53,7 @@ def camera(index: int = 0, fps: float = 10.0) -> Camera:
 def open_media(path: Path) -> tuple[bool, bool]:
     """(has_audio, has_video) of a media file; DeviceError when it is missing, unreadable or has no audio."""
     try:
-        info = probe(path)
+        info = probe(path, need_audio=True)
     except (FileNotFoundError, ValueError) as exc:
         raise DeviceError(f"media file: {exc}") from None
     return True, info.has_video

@@ -41,9 +41,8 @@ import numpy as np
 if __package__ in (None, ""):  # run as a script: make `demo` importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from training.data.media import load_audio, load_frames, probe, mux_mp4
+from magtkd_stream.media import MediaSpan, load_audio, load_frames, mux_mp4, probe
 from training.data.synthetic import AUDIO_RATE, Voice, speak, video_codec
-from training.data.types import MediaSpan
 from magtkd_stream.names import SAMPLE_RATE
 
 HERE = Path(__file__).resolve().parent

@@ -191,8 +191,7 @@ def test_splits_never_mix_real_data() -> None:
 @needs_data
 def test_render_two_utterances(tmp_path: Path) -> None:
     from training.compose_render import SR, Renderer
-    from training.data.media import load_audio, probe
-    from training.data.types import MediaSpan
+    from magtkd_stream.media import MediaSpan, load_audio, probe
 
     src = Sources.load(REAL, "dev")
     actor = SpeakerPlan("Actor18", "ravdess", next(iter(src.faces)), actor=18)

@@ -34,8 +34,7 @@ from demo.live_view import draw_overlay  # noqa: E402
 from magtkd_stream import protocol as P  # noqa: E402
 from magtkd_stream.devices import DeviceError  # noqa: E402
 from magtkd_stream.schema import check  # noqa: E402
-from training.data.media import load_audio, load_frames, probe  # noqa: E402
-from training.data.types import MediaSpan  # noqa: E402
+from magtkd_stream.media import MediaSpan, load_audio, load_frames, probe  # noqa: E402
 
 cv2 = pytest.importorskip("cv2")
 

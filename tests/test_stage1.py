@@ -23,7 +23,8 @@ from magtkd_stream.config import ConfigError, load_config  # noqa: E402
 from magtkd_stream.encoders import build_encoder  # noqa: E402
 from magtkd_stream.fusion import FusionModel  # noqa: E402
 from magtkd_stream.labels import MELD_LABELS  # noqa: E402
-from training.data.types import Dataset, Dialogue, MediaSpan, Utterance  # noqa: E402
+from magtkd_stream.media import MediaSpan  # noqa: E402
+from training.data.types import Dataset, Dialogue, Utterance  # noqa: E402
 from shared_data import data_dir
 
 SENTENCES = {0: ("I am so angry with you!", "This makes me furious!"),

@@ -13,7 +13,8 @@ import numpy as np
 import pytest
 
 from magtkd_stream.labels import MELD_LABELS
-from training.data import MediaError, MediaSpan, load_audio, load_frames, load_meld, make_synthetic_meld
+from magtkd_stream.media import MediaError, MediaSpan, load_audio, load_frames
+from training.data import load_meld, make_synthetic_meld
 from training.data import synthetic
 from training.data.meld import CLIP_FOLDERS, CSV_COLUMNS, CSV_NAMES
 

@@ -21,7 +21,7 @@ import torch
 from magtkd_stream.config import Config
 from magtkd_stream.encoders.base import AudioInput, Encoder
 from training.audio_augment import AugmentSettings, apply_channel, copy_rng
-from training.data.media import MediaError, load_audio
+from magtkd_stream.media import MediaError, load_audio
 from training.stage1_cache import Encoded, backbone_fingerprint, model_device, read_cached, write_cached
 from training.stage1_inputs import UttRef, served_clip, to_device
 

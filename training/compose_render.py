@@ -32,8 +32,7 @@ import numpy as np
 
 from magtkd_stream.labels import MELD_LABELS
 from training.compose import TAIL_S, ConversationPlan, Sources, SpeakerPlan, UtterancePlan
-from training.data.media import load_audio, mux_mp4
-from training.data.types import MediaSpan
+from magtkd_stream.media import MediaSpan, load_audio, mux_mp4
 from magtkd_stream.names import SAMPLE_RATE
 
 log = logging.getLogger(__name__)

@@ -127,9 +127,8 @@ def encode_three_ways(cfg: Config, waves: Sequence[np.ndarray],
 def run_parity(ravdess_root: Path, cfg: Config, checkpoint: Path, actors: Sequence[int],
                seed: int = 0, limit: Optional[int] = None) -> dict[str, Any]:
     """Encode RAVDESS clips of `actors` three ways and score the checkpoint's audio head on each."""
-    from training.data.media import load_audio
+    from magtkd_stream.media import MediaSpan, load_audio
     from training.data.ravdess import load_ravdess_speech
-    from training.data.types import MediaSpan
 
     ds = load_ravdess_speech(ravdess_root, train_actors=(), dev_actors=actors)
     utts = [d.utterances[0] for d in ds.splits["dev"]]
@@ -151,8 +150,7 @@ def run_emodb(emodb_root: Path, cfg: Config, checkpoint: Path, seed: int = 0) ->
     speaker's file would reach the service. Boredom is scored as neutral.
     """
     from training.data.emodb import BOREDOM, EMODB_TO_MELD, emodb_clips
-    from training.data.media import load_audio
-    from training.data.types import MediaSpan
+    from magtkd_stream.media import MediaSpan, load_audio
 
     ck = load_checkpoint(checkpoint)
     labels = list(ck.labels)
@@ -185,9 +183,8 @@ def join_clips(ravdess_root: Path, actors: Sequence[int], out_dir: Path, seed: i
     import json
     import wave
 
-    from training.data.media import load_audio
+    from magtkd_stream.media import MediaSpan, load_audio
     from training.data.ravdess import load_ravdess_speech
-    from training.data.types import MediaSpan
 
     ds = load_ravdess_speech(ravdess_root, train_actors=(), dev_actors=actors)
     utts = [d.utterances[0] for d in ds.splits["dev"]]

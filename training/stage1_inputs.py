@@ -19,7 +19,7 @@ import torch
 
 from magtkd_stream.config import Config
 from magtkd_stream.encoders.base import AudioInput, Encoder, TextInput, VideoInput
-from training.data.media import MediaError, load_audio, load_frames
+from magtkd_stream.media import MediaError, load_audio, load_frames
 from training.data.types import Dataset, Dialogue, LoadReport, Utterance
 
 logger = logging.getLogger(__name__)

@@ -7,14 +7,12 @@ generator for tests all produce a `Dataset` of `Dialogue`s of `Utterance`s.
 
 from .fer import load_fer2013
 from .iemocap import load_iemocap
-from .media import MediaError, ProbeInfo, load_audio, load_frames, probe
 from .meld import load_meld
 from .ravdess import load_ravdess_paired, load_ravdess_speech
-from .types import Dataset, Dialogue, LoadReport, MediaSpan, Utterance
+from .types import Dataset, Dialogue, LoadReport, Utterance
 
 __all__ = [
-    "Dataset", "Dialogue", "LoadReport", "MediaSpan", "Utterance",
-    "MediaError", "ProbeInfo", "load_audio", "load_frames", "probe",
+    "Dataset", "Dialogue", "LoadReport", "Utterance",
     "load_meld", "load_iemocap", "load_ravdess_speech", "load_ravdess_paired", "load_fer2013",
     "make_synthetic_meld",
 ]

@@ -36,9 +36,9 @@ from typing import Iterable
 
 from magtkd_stream.labels import IEMOCAP_LABELS
 
-from .media import MediaError, probe
+from magtkd_stream.media import MediaError, MediaSpan, probe
 from .meld import check_splits, read_csv_rows, row_problem
-from .types import Dataset, Dialogue, LoadReport, MediaSpan, Utterance
+from .types import Dataset, Dialogue, LoadReport, Utterance
 
 logger = logging.getLogger(__name__)
 

@@ -24,8 +24,8 @@ from typing import Iterable, Sequence
 
 from magtkd_stream.labels import MELD_LABELS
 
-from .media import MediaError, probe
-from .types import Dataset, Dialogue, LoadReport, MediaSpan, Utterance
+from magtkd_stream.media import MediaError, MediaSpan, probe
+from .types import Dataset, Dialogue, LoadReport, Utterance
 
 logger = logging.getLogger(__name__)
 

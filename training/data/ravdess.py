@@ -17,8 +17,8 @@ import numpy as np
 
 from magtkd_stream.labels import MELD_LABELS, RAVDESS_CODES, RAVDESS_LABELS, RAVDESS_TO_MELD
 
-from .media import MediaError, probe
-from .types import Dataset, Dialogue, LoadReport, MediaSpan, Utterance
+from magtkd_stream.media import MediaError, MediaSpan, probe
+from .types import Dataset, Dialogue, LoadReport, Utterance
 
 logger = logging.getLogger(__name__)
 

@@ -18,6 +18,8 @@ from typing import Any, ClassVar, Iterator
 
 import numpy as np
 
+from magtkd_stream.media import MediaSpan
+
 logger = logging.getLogger(__name__)
 
 # Kinds of problems a loader counts; other kinds are accepted too.
@@ -30,25 +32,6 @@ WARNING_KINDS: tuple[str, ...] = (
     "empty_dialogue",
     "capped_clip",
 )
-
-
-@dataclass(slots=True)
-class MediaSpan:
-    """A time span of a media file; end None means 'to the end of the file'."""
-
-    path: str
-    start: float = 0.0  # seconds within the file
-    end: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.start < 0:
-            raise ValueError(f"MediaSpan start must be >= 0, got {self.start} for {self.path}")
-        if self.end is not None and self.end <= self.start:
-            raise ValueError(f"MediaSpan end ({self.end}) must be after start ({self.start}) for {self.path}")
-
-    @property
-    def duration(self) -> float | None:
-        return None if self.end is None else self.end - self.start
 
 
 @dataclass(slots=True)

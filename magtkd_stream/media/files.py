@@ -1,9 +1,11 @@
-"""Clip loading with PyAV: a cheap header probe, 16 kHz mono audio, uniformly sampled frames.
+"""Media files with PyAV: one header probe, 16 kHz mono audio and uniformly sampled frames of a time span.
 
-Loaders probe every clip once (header only) so that a corrupt or missing file is
-found and counted at load time rather than crashing an epoch later; decoding
-happens only when an encoder needs the samples. Frames are sampled by time, so
-only the chosen frames are converted to arrays and a long clip costs no memory.
+The one place media files are opened, for the service, training and the demo
+alike. Loaders probe every clip once (header only) so that a corrupt or
+missing file is found and counted at load time rather than crashing an epoch
+later; decoding happens only when an encoder needs the samples. Frames are
+sampled by time, so only the chosen frames become arrays and a long clip
+costs no memory.
 """
 
 from __future__ import annotations
@@ -11,50 +13,83 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Optional, Union
 
 import numpy as np
 
+from magtkd_stream.names import SAMPLE_RATE
 from magtkd_stream.resources import require
 
-from .types import MediaSpan
-from magtkd_stream.names import SAMPLE_RATE
+ACCEPTED = "an audio or video file FFmpeg can read (wav, mp3, flac, ogg, m4a, mp4, mkv, webm, ...) with an audio track"
 
 
-class MediaError(RuntimeError):
-    """A media file is missing, unreadable, or has no stream of the kind asked for."""
+class MediaError(ValueError):
+    """A media file is unreadable, or has no stream of the kind asked for; the message names the file and why."""
+
+
+class MediaNotFound(MediaError, FileNotFoundError):
+    """The media file does not exist."""
 
 
 @dataclass(frozen=True)
-class ProbeInfo:
-    duration: float | None  # seconds; None when the container does not say
+class MediaSpan:
+    """A time span of a media file; end None means 'to the end of the file'."""
+
+    path: str
+    start: float = 0.0  # seconds within the file
+    end: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.start < 0:
+            raise ValueError(f"MediaSpan start must be >= 0, got {self.start} for {self.path}")
+        if self.end is not None and self.end <= self.start:
+            raise ValueError(f"MediaSpan end ({self.end}) must be after start ({self.start}) for {self.path}")
+
+
+@dataclass(frozen=True)
+class MediaInfo:
+    path: str
+    duration: Optional[float]  # seconds; None when the container does not say
     has_audio: bool
     has_video: bool
+    audio_rate: int  # Hz of the first audio stream; 0 without one
+    video_fps: Optional[float]
 
 
 def _av():
     return require("av", "av", why="decoding audio/video clips")
 
 
-def _open(path: str | Path):
+def open_container(path: Union[str, Path]):
+    """The file opened by PyAV; MediaNotFound / MediaError name the file and what is accepted."""
     av = _av()
     p = Path(path)
     if not p.is_file():
-        raise MediaError(f"media file not found: {p}")
+        raise MediaNotFound(f"{p}: media file not found (no such file); expected {ACCEPTED}")
     try:
         return av.open(str(p))
     except (av.FFmpegError, OSError, ValueError) as exc:
-        raise MediaError(f"cannot open media file {p}: {exc}") from exc
+        raise MediaError(f"{p}: cannot open it, FFmpeg cannot decode it ({exc}); expected {ACCEPTED}") from None
 
 
-def probe(path: str | Path) -> ProbeInfo:
-    """Read only the container header: duration and which streams exist."""
-    with _open(path) as container:
-        duration = container.duration / 1_000_000 if container.duration else None
-        return ProbeInfo(
-            duration=duration,
-            has_audio=bool(container.streams.audio),
-            has_video=bool(container.streams.video),
+def probe(path: Union[str, Path], *, need_audio: bool = False) -> MediaInfo:
+    """Read only the container header: duration and which streams exist.
+
+    need_audio: refuse a file without an audio track (the recognizer needs speech).
+    """
+    with open_container(path) as container:
+        if need_audio and not container.streams.audio:
+            kinds = sorted({s.type for s in container.streams}) or ["nothing"]
+            raise MediaError(f"{path}: has no audio stream (found {', '.join(kinds)}); the recognizer needs speech audio")
+        audio = container.streams.audio[0] if container.streams.audio else None
+        video = container.streams.video[0] if container.streams.video else None
+        return MediaInfo(
+            path=str(path),
+            duration=container.duration / 1_000_000 if container.duration else None,
+            has_audio=audio is not None,
+            has_video=video is not None,
+            audio_rate=int(audio.rate or 0) if audio is not None else 0,
+            video_fps=float(video.average_rate) if video is not None and video.average_rate else None,
         )
 
 
@@ -67,7 +102,7 @@ def load_audio(span: MediaSpan, sr: int = SAMPLE_RATE) -> np.ndarray:
     start, end = span.start, span.end
     chunks: list[np.ndarray] = []
     t0: float | None = None
-    with _open(span.path) as container:
+    with open_container(span.path) as container:
         if not container.streams.audio:
             raise MediaError(f"no audio stream in {span.path}")
         stream = container.streams.audio[0]
@@ -135,7 +170,7 @@ def load_frames(
     if fps is not None and not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     av = _av()
-    with _open(span.path) as container:
+    with open_container(span.path) as container:
         if not container.streams.video:
             raise MediaError(f"no video stream in {span.path}")
         stream = container.streams.video[0]
@@ -190,37 +225,3 @@ def _pick_frames(decoded, stream, targets: list[float]) -> list[np.ndarray]:
         out.append(as_array(prev))
         i += 1
     return out
-
-
-def mux_mp4(path: str | Path, frames: Iterable[np.ndarray], pcm: np.ndarray, sample_rate: int, fps: int,
-              size: tuple[int, int], vcodec: str, video_options: dict[str, str], audio_bitrate: int) -> None:
-    """Mux BGR frames (at `fps`, width x height = size) and float32 mono `pcm` (AAC) into an mp4, interleaved.
-
-    After each frame, the audio up to that frame's end is muxed in 1024-sample
-    AAC frames, so players and the service's decoder never wait on one stream.
-    """
-    from fractions import Fraction
-
-    av = require("av", "av", why="writing mp4 files")
-    pcm = np.ascontiguousarray(np.asarray(pcm, dtype=np.float32).reshape(1, -1))
-    with av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"}) as out:
-        vs = out.add_stream(vcodec, rate=fps)
-        vs.width, vs.height, vs.pix_fmt = size[0], size[1], "yuv420p"
-        if video_options:
-            vs.options = dict(video_options)
-        aus = out.add_stream("aac", rate=sample_rate, layout="mono")
-        aus.bit_rate = audio_bitrate
-        sent = 0
-        for i, image in enumerate(frames):
-            vf = av.VideoFrame.from_ndarray(image, format="bgr24")
-            vf.pts, vf.time_base = i, Fraction(1, fps)
-            out.mux(vs.encode(vf))
-            upto = min(pcm.shape[1], int((i + 1) * sample_rate / fps))
-            while sent + 1024 <= upto or (upto == pcm.shape[1] and sent < upto):
-                af = av.AudioFrame.from_ndarray(np.ascontiguousarray(pcm[:, sent : sent + 1024]), format="fltp",
-                                                layout="mono")
-                af.sample_rate, af.pts, af.time_base = sample_rate, sent, Fraction(1, sample_rate)
-                out.mux(aus.encode(af))
-                sent += af.samples
-        out.mux(vs.encode(None))
-        out.mux(aus.encode(None))

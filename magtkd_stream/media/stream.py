@@ -13,13 +13,12 @@ import heapq
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Optional, Union
+from typing import Any, Iterator, Union
 
 import numpy as np
 
+from magtkd_stream.media.files import ACCEPTED, MediaError, open_container, probe
 from magtkd_stream.names import SAMPLE_RATE
-
-ACCEPTED = "an audio or video file FFmpeg can read (wav, mp3, flac, ogg, m4a, mp4, mkv, webm, ...) with an audio track"
 
 
 @dataclass
@@ -35,37 +34,6 @@ class Frame:
 
 
 MediaItem = Union[AudioChunk, Frame]
-
-
-@dataclass
-class MediaInfo:
-    path: str
-    duration_s: Optional[float]
-    has_video: bool
-    audio_rate: int
-    video_fps: Optional[float]
-
-
-def probe(path: Union[str, Path]) -> MediaInfo:
-    """Open the file and check it has audio; FileNotFoundError / ValueError say what is wrong."""
-    import av
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"{p}: no such file; expected {ACCEPTED}")
-    try:
-        container = av.open(str(p))
-    except av.error.FFmpegError as exc:
-        raise ValueError(f"{p}: cannot decode ({exc}); expected {ACCEPTED}") from None
-    with container:
-        if not container.streams.audio:
-            kinds = sorted({s.type for s in container.streams}) or ["nothing"]
-            raise ValueError(f"{p}: has no audio stream (found {', '.join(kinds)}); the recognizer needs speech audio")
-        audio = container.streams.audio[0]
-        video = container.streams.video[0] if container.streams.video else None
-        duration = float(container.duration) / 1e6 if container.duration else None
-        fps = float(video.average_rate) if video is not None and video.average_rate else None
-        return MediaInfo(str(p), duration, video is not None, int(audio.rate or 0), fps)
 
 
 def _scaled_bgr(frame: Any, max_side: int) -> np.ndarray:
@@ -87,8 +55,8 @@ def decode(
     """Audio chunks and frames in media-time order. Media time 0 is the container's start."""
     import av
 
-    info = probe(path)
-    container = av.open(info.path)
+    info = probe(path, need_audio=True)
+    container = open_container(info.path)
     try:
         a_stream = container.streams.audio[0]
         v_stream = container.streams.video[0] if (video and container.streams.video) else None
@@ -144,7 +112,7 @@ def decode(
                     while heap and heap[0][0] < when(item) - reorder_s:
                         yield heapq.heappop(heap)[2]
         except av.error.FFmpegError as exc:
-            raise ValueError(f"{info.path}: decoding failed ({exc}); expected {ACCEPTED}") from None
+            raise MediaError(f"{info.path}: decoding failed ({exc}); expected {ACCEPTED}") from None
         for res in resampler.resample(None):
             for item in audio_items(res.to_ndarray().reshape(-1).astype(np.float32, copy=False)):
                 heapq.heappush(heap, (when(item), next(order), item))
@@ -153,6 +121,6 @@ def decode(
         while heap:
             yield heapq.heappop(heap)[2]
         if not started:
-            raise ValueError(f"{info.path}: the audio stream holds no decodable samples; expected {ACCEPTED}")
+            raise MediaError(f"{info.path}: the audio stream holds no decodable samples; expected {ACCEPTED}")
     finally:
         container.close()

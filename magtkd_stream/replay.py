@@ -120,7 +120,7 @@ async def replay(
     counts: Optional[list] = None,
 ) -> None:
     """Push the file's audio and frames into `sink` for `session`; counts = [media seconds, frames] pushed."""
-    info = probe(path)
+    info = probe(path, need_audio=True)
     await sink.open(session, speaker, info.has_video)
     loop = asyncio.get_running_loop()
     items = decode(path, video=info.has_video, max_fps=max_fps)
@@ -202,7 +202,7 @@ async def replay_file(
 
     vectors_out: write the encoder vectors there; collect: the file's events are appended to it (for a report).
     """
-    info = probe(path)  # clear errors before anything starts
+    info = probe(path, need_audio=True)  # clear errors before anything starts
     session = session or session_name(path)
     bus = EventBus(subscriber_queue=1 << 16, replay_buffer=1 << 16)
     sub = bus.subscribe(session)
@@ -231,7 +231,7 @@ async def replay_file(
     consumer = asyncio.create_task(consume())
     started = time.time()
     reason, counts = "end", [0.0, 0]
-    progress = asyncio.create_task(_progress(events, info.duration_s, lambda: counts[0], print_fn))
+    progress = asyncio.create_task(_progress(events, info.duration, lambda: counts[0], print_fn))
     bus.start_session(session, make_session_start(session, speaker, info.has_video, SAMPLE_RATE, started))
     try:
         await replay(sink, path, session, speaker, fast, max_fps, counts)

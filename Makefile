@@ -22,9 +22,9 @@ run: setup
 	$(VENV)/bin/magtkd-stream run demo/samples/conversation.mp4 --out runs/sample_events.jsonl
 
 test: setup
-	$(PY) -m pytest -q; rc=$$?; \
+	$(PY) -m pytest -q -m "slow or not slow"; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: treating as a failure" >&2; fi; \
 	exit $$rc
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q

@@ -40,6 +40,7 @@ import numpy as np
 
 from actors.gateway import Gateway
 from magtkd_stream.media import AudioChunk, decode, probe
+from magtkd_stream.names import SAMPLE_RATE
 from actors.pipeline import Pipeline
 from actors.serve import gateway_config
 from actors.sink import PipelineSink
@@ -134,7 +135,7 @@ async def run_session(url: str, token: str, run: SessionRun, messages: Sequence[
                         return
 
             listener = asyncio.create_task(listen())
-            await pub.send(json.dumps({**hello, "role": "publisher", "sample_rate": P.NATIVE_SAMPLE_RATE,
+            await pub.send(json.dumps({**hello, "role": "publisher", "sample_rate": SAMPLE_RATE,
                                        "speaker": run.session, "video": has_video}))
             welcome = await _recv_json(pub, 30)
             if welcome.get("type") != "welcome":

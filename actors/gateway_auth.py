@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import re
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Iterable, Mapping, Optional, Union
+from dataclasses import dataclass
+from typing import Iterable, Optional
 
 from magtkd_stream.config import ConfigError
+from magtkd_stream.config.gateway import DEFAULT_ROLES, GatewayConfig, TokenSpec
 
-ROLES: tuple[str, ...] = ("publish", "subscribe", "admin")
-DEFAULT_ROLES: frozenset[str] = frozenset({"publish", "subscribe"})
-TENANT_ID = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 
 
 def own_tenant(token: str) -> str:
@@ -28,43 +24,6 @@ def own_tenant(token: str) -> str:
     return "token-" + hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()[:16]
 
 
-@dataclass(frozen=True)
-class TokenSpec:
-    """One accepted token; tenant "" means its own tenant (as a plain token)."""
-
-    token: str = field(repr=False)
-    tenant: str = ""
-    roles: frozenset[str] = DEFAULT_ROLES
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.token, str) or not self.token:
-            raise ConfigError("gateway.tokens: every token must be a non-empty string")
-        if not isinstance(self.tenant, str) or (self.tenant and not TENANT_ID.fullmatch(self.tenant)):
-            raise ConfigError(
-                f"gateway.tokens: tenant {self.tenant!r} must be 1-64 of A-Z a-z 0-9 _ . - (or left out: own tenant)"
-            )
-        roles = frozenset(self.roles)
-        unknown = sorted(roles - set(ROLES))
-        if unknown or not roles:
-            raise ConfigError(f"gateway.tokens: roles must be a non-empty list from {list(ROLES)}, got {sorted(roles)}")
-        object.__setattr__(self, "roles", roles)
-
-    @classmethod
-    def from_value(cls, value: Any, where: str = "gateway.tokens") -> "TokenSpec":
-        """A plain token string, or a mapping {token, tenant?, roles?}."""
-        if isinstance(value, TokenSpec):
-            return value
-        if isinstance(value, str):
-            return cls(value)
-        if isinstance(value, Mapping):
-            unknown = sorted(set(value) - {"token", "tenant", "roles"})
-            if unknown:
-                raise ConfigError(f"{where}: unknown key {unknown[0]!r} in a token entry; known: token, tenant, roles")
-            roles = value.get("roles", sorted(DEFAULT_ROLES))
-            if isinstance(roles, str) or not isinstance(roles, Iterable):
-                raise ConfigError(f"{where}: roles must be a list from {list(ROLES)}, got {roles!r}")
-            return cls(value.get("token", ""), value.get("tenant", "") or "", frozenset(roles))
-        raise ConfigError(f"{where}: a token entry must be a string or a mapping, got {type(value).__name__}")
 
 
 @dataclass(frozen=True)
@@ -82,22 +41,6 @@ class Identity:
         return role in self.roles or (role == "subscribe" and self.admin)
 
 
-def load_tokens_file(path: Union[str, Path]) -> list[TokenSpec]:
-    """A YAML (or JSON) list of token entries, or a mapping {tokens: [...]}."""
-    import yaml
-
-    where = f"gateway.tokens_file {str(path)!r}"
-    try:
-        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read it ({exc.strerror or exc})") from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{where}: not valid YAML/JSON ({exc})") from None
-    if isinstance(data, Mapping) and set(data) == {"tokens"}:
-        data = data["tokens"]
-    if not isinstance(data, list):
-        raise ConfigError(f"{where}: expected a list of token entries ({{token, tenant, roles}}), got {type(data).__name__}")
-    return [TokenSpec.from_value(v, where) for v in data]
 
 
 class TokenTable:
@@ -129,3 +72,8 @@ class TokenTable:
             if hmac.compare_digest(given, accepted):
                 found = identity
         return found
+
+
+def token_table(config: GatewayConfig) -> TokenTable:
+    """Every token the gateway accepts, with its tenant and roles: the config, the tokens file, then MAGTKD_TOKENS."""
+    return TokenTable(config.token_specs())

@@ -19,7 +19,8 @@ from typing import Any, Optional
 
 from magtkd_stream.bus import EventBus
 from magtkd_stream.devices import Camera, DeviceError, Microphone
-from magtkd_stream.protocol import NATIVE_SAMPLE_RATE, make_session_end, make_session_start
+from magtkd_stream.names import SAMPLE_RATE
+from magtkd_stream.protocol import make_session_end, make_session_start
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,7 @@ class LocalSession:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         video = self.camera is not None
-        self.bus.start_session(self.session, make_session_start(self.session, None, video, NATIVE_SAMPLE_RATE,
+        self.bus.start_session(self.session, make_session_start(self.session, None, video, SAMPLE_RATE,
                                                                 time.time()))
         await self.sink.open(self.session, None, video)
         t0 = time.monotonic()
@@ -123,4 +124,4 @@ class LocalSession:
             await self.sink.end(self.session)
         finally:
             self.bus.end_session(self.session, make_session_end(
-                self.session, reason, self.samples / NATIVE_SAMPLE_RATE, self.frames, self.shed, time.time()))
+                self.session, reason, self.samples / SAMPLE_RATE, self.frames, self.shed, time.time()))

@@ -30,7 +30,7 @@ from magtkd_stream.checkpoint import checkpoint_path
 from magtkd_stream.workers import ASRWorker, EncoderWorker, FusionWorker
 from magtkd_stream.backend import BackendError, BackendInfo, audio_may_come_from_asr, backend_info
 from magtkd_stream.config import Config
-from magtkd_stream.stream_config import ActorResources, StreamConfig
+from magtkd_stream.config import ActorResources, StreamConfig
 from magtkd_stream.names import MODALITIES
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ class Pipeline:
         error (e.g. a missing model or checkpoint) when one fails to start, and
         TimeoutError when Ray cannot place the actors (resources it does not have).
         """
-        stream = stream or StreamConfig.from_dict(cfg.stream)
+        stream = stream or cfg.stream
         ckpt = checkpoint_path(cfg)  # a bad checkpoint reference fails here, before any actor starts
         owns = init_ray(address, stream.log_to_driver)
         t0 = time.perf_counter()

@@ -21,6 +21,7 @@ import sys
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from actors.gateway import TOKENS_ENV, Gateway, GatewayConfig
+from actors.gateway_auth import token_table
 from actors.local_devices import LocalSession, open_devices
 from actors.metrics import MetricsServer
 from actors.pipeline import Pipeline
@@ -56,7 +57,7 @@ def gateway_config(
     allowed_origins: Sequence[str] = (),
 ) -> GatewayConfig:
     """The profile's `stream.gateway` limits with the command line's address, tokens, TLS files and origins."""
-    base = GatewayConfig.from_mapping(dict(cfg.stream.get("gateway", {}) or {}))
+    base = cfg.stream.gateway
     changes: dict[str, Any] = dict(host=host, port=port, tokens=tuple(dict.fromkeys([*base.tokens, *tokens])))
     if tokens_file:
         changes["tokens_file"] = str(tokens_file)
@@ -220,7 +221,7 @@ def serve_cli(cfg: Config, args: Any) -> int:
             tls_key=getattr(args, "tls_key", None),
             allowed_origins=getattr(args, "allowed_origin", None) or (),
         )
-        tokens = gw_cfg.accepted_tokens()  # reads the tokens file: a mistake costs seconds, not a Ray start
+        tokens = token_table(gw_cfg).tokens  # reads the tokens file: a mistake costs seconds, not a Ray start
         gw_cfg.ssl_context()
     except ConfigError as exc:
         _err(f"configuration error: {exc}")

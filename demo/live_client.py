@@ -43,7 +43,8 @@ from demo import live_sources
 from demo.live_sources import AudioItem, VideoItem, iter_media, open_media
 from demo.live_view import display_available, run_in_window
 from magtkd_stream.devices import Camera, DeviceError, Microphone
-from magtkd_stream.protocol import NATIVE_SAMPLE_RATE, ProtocolError
+from magtkd_stream.names import SAMPLE_RATE
+from magtkd_stream.protocol import ProtocolError
 
 log = logging.getLogger("demo.live_client")
 
@@ -108,7 +109,7 @@ class LiveClient:
         self._stop = threading.Event()
         self._limits: dict[str, Any] = {}
         self._out: Optional[TextIO] = None
-        self._rate = NATIVE_SAMPLE_RATE  # of the audio sent, declared in the hello
+        self._rate = SAMPLE_RATE  # of the audio sent, declared in the hello
         self._video = False  # whether video frames are sent
         self._given = (mic, camera)
 
@@ -257,7 +258,7 @@ class LiveClient:
         """Open the devices (or check the file) before connecting, so device errors come first."""
         if self.opts.file is not None:
             _, has_video = open_media(self.opts.file)
-            self._rate, self._video = NATIVE_SAMPLE_RATE, self.opts.video and has_video
+            self._rate, self._video = SAMPLE_RATE, self.opts.video and has_video
             return None, None
         mic = self._given[0] or live_sources.microphone(self.opts.mic, self.opts.frame_ms)
         self._rate = mic.open()

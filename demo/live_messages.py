@@ -14,13 +14,14 @@ from typing import Any, Iterator, Mapping, Optional
 import numpy as np
 
 from magtkd_stream import protocol
+from magtkd_stream.names import SAMPLE_RATE
 
 JPEG_QUALITY = 80
 MAX_VIDEO_WIDTH = 640  # frames are scaled down to this width before JPEG encoding
 
 
 def publisher_hello(
-    token: str, session: str, sample_rate: int = protocol.NATIVE_SAMPLE_RATE, *, speaker: Optional[str] = None,
+    token: str, session: str, sample_rate: int = SAMPLE_RATE, *, speaker: Optional[str] = None,
     video: bool = False,
 ) -> str:
     """The first message of the publishing connection (JSON text)."""

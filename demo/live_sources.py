@@ -19,7 +19,7 @@ import numpy as np
 from magtkd_stream.media import AudioChunk, decode, probe
 from demo.live_messages import to_pcm16
 from magtkd_stream.devices import Camera, DeviceError, Microphone
-from magtkd_stream.protocol import NATIVE_SAMPLE_RATE
+from magtkd_stream.names import SAMPLE_RATE
 
 NO_MIC_HINT = "use --file FILE to publish a media file instead, or run one locally with `magtkd-stream run FILE`"
 NO_CAMERA_HINT = "use --no-video to publish the microphone only, --camera N for another camera, or --file FILE"
@@ -70,7 +70,7 @@ def iter_media(path: Path, fps: float = 10.0, video: bool = True, chunk_ms: int 
     for item in decode(path, chunk_ms=chunk_ms, video=video, max_fps=0.0):
         if isinstance(item, AudioChunk):
             n = len(item.samples)
-            yield AudioItem((round(item.end_s * NATIVE_SAMPLE_RATE) - n) / NATIVE_SAMPLE_RATE, to_pcm16(item.samples))
+            yield AudioItem((round(item.end_s * SAMPLE_RATE) - n) / SAMPLE_RATE, to_pcm16(item.samples))
         elif item.ts + 1e-6 >= next_video:
             next_video = max(next_video + 1.0 / fps, item.ts)
             yield VideoItem(item.ts, item.image)

@@ -17,7 +17,7 @@ from typing import Any, Mapping, Optional, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from magtkd_stream.config import Config
-from magtkd_stream.stream_config import StreamConfig
+from magtkd_stream.config import StreamConfig
 
 
 class BackendError(RuntimeError):

@@ -22,7 +22,8 @@ from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 
-from magtkd_stream.protocol import NATIVE_SAMPLE_RATE, SAMPLE_RATES
+from magtkd_stream.names import SAMPLE_RATE
+from magtkd_stream.protocol import SAMPLE_RATES
 from magtkd_stream.resample import StreamResampler
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,7 @@ class Microphone:
     def __init__(self, device: Optional[int] = None, frame_ms: int = 20, resample: bool = False,
                  hint: str = DEFAULT_HINT) -> None:
         self.device, self.frame_ms, self.resample, self.hint = device, frame_ms, resample, hint
-        self.rate = NATIVE_SAMPLE_RATE
+        self.rate = SAMPLE_RATE
         self.name = "default input device" if device is None else f"input device {device}"
         self._pa: Any = None
         self._stream: Any = None
@@ -95,7 +96,7 @@ class Microphone:
             raise DeviceError(f"{self.name} has no input channels; choose another input device, or {self.hint}")
         default = int(info.get("defaultSampleRate", 0) or 0)
         errors = []
-        for rate in dict.fromkeys([NATIVE_SAMPLE_RATE] + ([default] if default in SAMPLE_RATES else [])):
+        for rate in dict.fromkeys([SAMPLE_RATE] + ([default] if default in SAMPLE_RATES else [])):
             try:
                 self._stream = self._pa.open(
                     format=pyaudio.paInt16, channels=1, rate=rate, input=True, input_device_index=info.get("index"),

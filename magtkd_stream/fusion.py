@@ -21,7 +21,8 @@ from torch import nn
 
 from magtkd_stream.checkpoint import Checkpoint, CheckpointError, load_checkpoint, model_id
 from magtkd_stream.config import Config
-from magtkd_stream.encoders.base import MODALITIES, ModalityHead
+from magtkd_stream.encoders.base import ModalityHead
+from magtkd_stream.names import MODALITIES
 from magtkd_stream.magt import MAGT
 from magtkd_stream.names import UNTRAINED_MODEL_ID
 from magtkd_stream.speaker_norm import SpeakerNormalizer

@@ -21,7 +21,7 @@ from magtkd_stream.backend import BackendInfo, Vectors, audio_may_come_from_asr,
 from magtkd_stream.checkpoint import checkpoint_path
 from magtkd_stream.config import Config
 from magtkd_stream.names import MODALITIES
-from magtkd_stream.stream_config import StreamConfig
+from magtkd_stream.config import StreamConfig
 from magtkd_stream.workers import ASRWorker, EncoderWorker, FusionWorker
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ class LocalBackend:
         """
         import torch
 
-        stream = stream or StreamConfig.from_dict(cfg.stream)
+        stream = stream or cfg.stream
         ckpt = checkpoint_path(cfg)  # a bad checkpoint reference fails here, before any model loads
         t0 = time.perf_counter()
         n = max(1, threads or os.cpu_count() or 1)

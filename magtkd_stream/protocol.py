@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from typing import Any, Mapping, Optional, Union
 
 from magtkd_stream.schema import SchemaViolation, check, check_server_message, short_json
-from magtkd_stream.names import MODALITIES, SAMPLE_RATE
+from magtkd_stream.names import MODALITIES
 
 PROTOCOL_VERSION = 1
-NATIVE_SAMPLE_RATE = SAMPLE_RATE  # what the recognizer runs at; other SAMPLE_RATES are resampled
+# Rates a publisher may declare in its hello; audio not at SAMPLE_RATE is resampled to it.
 SAMPLE_RATES: tuple[int, ...] = (8000, 11025, 16000, 22050, 24000, 32000, 44100, 48000)
 
 # Binary publisher frames: first byte says what follows.

@@ -29,7 +29,8 @@ from typing import Any, Awaitable, Callable, Mapping, Optional
 import numpy as np
 
 from magtkd_stream.backend import Backend, BackendError
-from magtkd_stream.encoders.base import MODALITIES, AudioInput, TextInput, VideoInput
+from magtkd_stream.encoders.base import AudioInput, TextInput, VideoInput
+from magtkd_stream.names import MODALITIES
 from magtkd_stream.protocol import make_emotion, make_transcript, modality_result
 from magtkd_stream.recognizer_core import SessionCore, UtteranceJob
 

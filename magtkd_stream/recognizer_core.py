@@ -20,7 +20,9 @@ from typing import Any, Callable, Optional
 import numpy as np
 
 from magtkd_stream.asr import validate_waveform
-from magtkd_stream.vad import SAMPLE_RATE, VADConfig, VADSegmenter
+from magtkd_stream.config import VADConfig
+from magtkd_stream.names import SAMPLE_RATE
+from magtkd_stream.vad import VADSegmenter
 
 Clock = Callable[[], float]
 

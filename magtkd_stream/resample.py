@@ -14,7 +14,8 @@ from typing import Optional
 
 import numpy as np
 
-from magtkd_stream.protocol import NATIVE_SAMPLE_RATE, ProtocolError
+from magtkd_stream.names import SAMPLE_RATE
+from magtkd_stream.protocol import ProtocolError
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,7 @@ class StreamResampler:
     backend: "auto" (soxr if importable, else scipy), "soxr" or "scipy".
     """
 
-    def __init__(self, in_rate: int, out_rate: int = NATIVE_SAMPLE_RATE, backend: str = "auto") -> None:
+    def __init__(self, in_rate: int, out_rate: int = SAMPLE_RATE, backend: str = "auto") -> None:
         if in_rate <= 0 or out_rate <= 0:
             raise ValueError(f"sample rates must be > 0, got {in_rate} -> {out_rate}")
         if backend not in ("auto", "soxr", "scipy"):

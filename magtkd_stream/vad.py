@@ -19,7 +19,7 @@ from typing import Any, Optional
 import numpy as np
 
 from magtkd_stream.asr import validate_waveform
-from magtkd_stream.config import _check
+from magtkd_stream.config.stream import VADConfig
 from magtkd_stream.names import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
@@ -28,35 +28,6 @@ CHUNK = 512  # samples Silero scores at a time at 16 kHz
 CONTEXT = 64  # samples of the previous chunk the model sees in front of each chunk
 STATE_SHAPE = (1, 1, 128)
 MIN_PAUSE_FOR_CUT_MS = 98  # a pause at least this long is a clean place to cut long speech
-
-
-@dataclass
-class VADConfig:
-    """Segmentation options (probabilities are Silero speech probabilities per 32 ms)."""
-
-    threshold: float = 0.5  # speech when the probability reaches this; silence below threshold - 0.15
-    min_silence_ms: int = 300  # end-of-speech hangover
-    min_speech_ms: int = 250  # shorter speech bursts (clicks, coughs) are dropped
-    max_utterance_s: float = 15.0  # longer speech is cut into several utterances
-    pad_ms: int = 200  # audio kept before and after the detected speech
-
-    def __post_init__(self) -> None:
-        def check(ok: bool, key: str, msg: str) -> None:
-            _check(ok, f"vad.{key}", msg)
-
-        check(0.0 < self.threshold < 1.0, "threshold", f"must be in (0, 1), got {self.threshold}")
-        check(self.min_silence_ms >= 0, "min_silence_ms", f"must be >= 0, got {self.min_silence_ms}")
-        check(self.min_speech_ms >= 0, "min_speech_ms", f"must be >= 0, got {self.min_speech_ms}")
-        check(self.pad_ms >= 0, "pad_ms", f"must be >= 0, got {self.pad_ms}")
-        check(
-            2 * self.pad_ms / 1000 + 1.0 <= self.max_utterance_s <= 30.0,
-            "max_utterance_s",
-            f"must be in [1 s + 2 * pad_ms, 30 s] (the Whisper window), got {self.max_utterance_s}",
-        )
-
-    @property
-    def neg_threshold(self) -> float:
-        return max(self.threshold - 0.15, 0.01)
 
 
 @dataclass

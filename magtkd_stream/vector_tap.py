@@ -18,7 +18,7 @@ from typing import Any, Mapping, Optional, Union
 
 import numpy as np
 
-from magtkd_stream.encoders.base import MODALITIES
+from magtkd_stream.names import MODALITIES
 
 FORMAT = "magtkd-vectors/1"
 

@@ -207,7 +207,7 @@ class FusionWorker:
         cfg: Config,
         encoder_dims: Mapping[str, int],
         checkpoint: Optional[str] = None,
-        window: int = 0,
+        window: Optional[int] = None,  # None: the checkpoint's magt.window; 0: no limit (magt.max_len)
         threads: int = 1,
         wait_ms: float = 10.0,
         max_batch: int = 16,
@@ -232,8 +232,8 @@ class FusionWorker:
             self.model = FusionModel(cfg, dict(encoder_dims), len(self.labels)).eval()
             self.model_id = UNTRAINED_MODEL_ID
         magt = self.model.cfg.magt
-        # 0 everywhere means "whole dialogue"; a stream has no end, so the position table bounds it.
-        self.window = window or magt.window or magt.max_len
+        # None: as trained. 0 everywhere means "no limit"; a stream has no end, so the position table bounds it.
+        self.window = (magt.window if window is None else window) or magt.max_len
         self.max_speakers = magt.max_speakers
         self.windows: dict[str, Any] = {}
         self.batcher = MicroBatcher(self._fuse_batch, wait_ms / 1000, max_batch, "fusion")
@@ -254,7 +254,7 @@ class FusionWorker:
     ) -> list[dict[str, Any]]:
         import torch
 
-        from magtkd_stream.encoders.base import MODALITIES
+        from magtkd_stream.names import MODALITIES
 
         feats: list[dict[str, Optional[np.ndarray]]] = [{} for _ in items]
         mprobs: list[dict[str, Optional[dict[str, float]]]] = [{} for _ in items]

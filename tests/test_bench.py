@@ -142,6 +142,7 @@ def test_soak_counts_a_gap_or_a_missing_end_as_lost_and_windows_latency() -> Non
     assert [w["other_cores"] for w in shares] == [0.5, 0.0] and shares[0]["service_cores"] == 1.0
 
 
+@pytest.mark.slow
 def test_soak_command_runs_sessions_pass_after_pass_and_reports_no_loss(tmp_path: Path) -> None:
     import json
     import subprocess

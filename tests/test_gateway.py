@@ -20,6 +20,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from actors.gateway import Gateway, GatewayConfig
+from actors.gateway_auth import token_table
 from magtkd_stream import protocol as P
 
 cv2 = pytest.importorskip("cv2")
@@ -712,7 +713,7 @@ def test_gateway_config_from_mapping_and_tokens_from_the_environment(monkeypatch
     cfg = GatewayConfig.from_mapping({"port": 0, "tokens": ["a"], "max_video_fps": 15, "idle_timeout_s": 2})
     assert cfg.max_video_fps == 15 and cfg.tokens == ("a",)
     monkeypatch.setenv("MAGTKD_TOKENS", " b, c ,")
-    assert cfg.accepted_tokens() == ("a", "b", "c")
+    assert token_table(cfg).tokens == ("a", "b", "c")
     with pytest.raises(ConfigError, match="gateway.max_fps"):
         GatewayConfig.from_mapping({"max_fps": 3})
     with pytest.raises(ConfigError, match="idle_timeout_s"):

@@ -14,7 +14,6 @@ import json
 import ssl
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from actors.gateway import Gateway, GatewayConfig
+from actors.gateway_auth import token_table
 from magtkd_stream import protocol as P
 from magtkd_stream.config import ConfigError
 from test_gateway import (
@@ -112,7 +112,7 @@ def test_token_config_entries_file_and_plain_tokens(tmp_path: Path, monkeypatch)
     cfg = GatewayConfig.from_mapping(
         {"tokens": ["plain", {"token": "t-ops", "tenant": "ops", "roles": ["admin"]}], "tokens_file": tokens_file(tmp_path)}
     )
-    table = cfg.token_table()
+    table = token_table(cfg)
     assert table.tokens == ("plain", "t-ops", ADMIN, ACME_PUB, ACME_READ, "plain-env")
     plain, env = table.lookup("plain"), table.lookup("plain-env")
     assert plain.tenant != env.tenant and "plain" not in plain.tenant  # each plain token its own tenant
@@ -126,12 +126,12 @@ def test_token_config_entries_file_and_plain_tokens(tmp_path: Path, monkeypatch)
     with pytest.raises(ConfigError, match="unknown key"):
         GatewayConfig(tokens=({"token": "x", "tennant": "a"},))
     with pytest.raises(ConfigError, match="cannot read"):
-        GatewayConfig(tokens_file=str(tmp_path / "missing.yaml")).token_table()
+        token_table(GatewayConfig(tokens_file=str(tmp_path / "missing.yaml")))
     (tmp_path / "bad.yaml").write_text("token: x\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="list of token entries"):
-        GatewayConfig(tokens_file=str(tmp_path / "bad.yaml")).token_table()
+        token_table(GatewayConfig(tokens_file=str(tmp_path / "bad.yaml")))
     with pytest.raises(ConfigError, match="twice"):
-        GatewayConfig(tokens=({"token": "x", "tenant": "a"}, {"token": "x", "tenant": "b"})).token_table()
+        token_table(GatewayConfig(tokens=({"token": "x", "tenant": "a"}, {"token": "x", "tenant": "b"})))
 
 
 # ------------------------------------------------------------ 2. bad input
@@ -375,7 +375,7 @@ def test_serve_command_line_takes_tls_origins_and_a_tokens_file(tmp_path: Path, 
     )
     gw_cfg = gateway_config(cfg, "127.0.0.1", 0, args.token, tokens_file=args.tokens_file, tls_cert=args.tls_cert,
                             tls_key=args.tls_key, allowed_origins=args.allowed_origin)
-    assert gw_cfg.allowed_origins == ("https://app.example",) and ADMIN in gw_cfg.accepted_tokens()
+    assert gw_cfg.allowed_origins == ("https://app.example",) and ADMIN in token_table(gw_cfg).tokens
     assert serve_cli(cfg, args) == 2  # refused before any pipeline starts
     err = capsys.readouterr().err
     assert "cannot load certificate" in err and "Traceback" not in err

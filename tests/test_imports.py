@@ -64,3 +64,64 @@ def test_the_layers_import_only_downwards() -> None:
     private = [(f, m, n) for f, m, n in found["demo"] if m.split(".")[0] in ("magtkd_stream", "training", "actors")
                and any(part.startswith("_") and not part.startswith("__") for part in m.split(".")[1:])]
     assert not private, f"demo imports private names: {private}"
+
+
+def _module_graph(package: str) -> dict[str, set[str]]:
+    """module -> modules of the package it imports when it is first imported (module-level statements only)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = {}
+    for path in sorted((root / package).rglob("*.py")):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        files[".".join(parts)] = path
+    graph: dict[str, set[str]] = {name: set() for name in files}
+    for name, path in files.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+        for node in tree.body:  # lazy imports inside functions are not edges of the import-time graph
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in files else node.module
+                           for a in node.names]
+            graph[name].update(t for t in targets if t in files and t != name)
+    return graph
+
+
+def _cycle(graph: dict[str, set[str]]) -> list[str]:
+    """One import cycle of the graph (a list of modules, first == last), or [] when there is none."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(node: str) -> list[str]:
+        state[node] = 1
+        path.append(node)
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                return path[path.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
+        path.pop()
+        state[node] = 2
+        return []
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start)):
+            return found
+    return []
+
+
+def test_the_cycle_finder_finds_a_planted_cycle() -> None:
+    assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": set()}) == ["a", "b", "c", "a"]
+    assert _cycle({"a": {"b"}, "b": set()}) == []
+
+
+def test_the_library_has_no_import_cycle() -> None:
+    """A module-level import cycle works only in some import orders; the library has none."""
+    graph = _module_graph("magtkd_stream")
+    assert len(graph) > 20 and sum(map(len, graph.values())) > 20, "walked too little: the check would prove nothing"
+    assert _cycle(graph) == []

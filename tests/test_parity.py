@@ -9,7 +9,9 @@ from magtkd_stream.asr import WhisperASR
 from magtkd_stream.config import ASRConfig, AudioEncoderConfig, load_config
 from magtkd_stream.encoders.base import AudioInput
 from magtkd_stream.encoders.whisper_audio import WhisperAudioEncoder
-from magtkd_stream.vad import SAMPLE_RATE, VADConfig, segment_clip, served_audio
+from magtkd_stream.config import VADConfig
+from magtkd_stream.names import SAMPLE_RATE
+from magtkd_stream.vad import segment_clip, served_audio
 from speech import synth_speech
 from training.parity import clip_vectors, stream_vectors
 from training.stage1_inputs import served_clip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 import wave
@@ -14,17 +15,18 @@ import pytest
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("faster_whisper")
+# A real local Ray with real actors: the integration of what test_recognizer.py checks in milliseconds.
+pytestmark = pytest.mark.slow
 av = pytest.importorskip("av")
 
 from actors.pipeline import Pipeline  # noqa: E402
 from actors.run_file import run_file  # noqa: E402
 from actors.sink import PipelineSink  # noqa: E402
 from magtkd_stream.bus import EventBus  # noqa: E402
-from magtkd_stream.config import load_config  # noqa: E402
 from magtkd_stream.labels import label_set  # noqa: E402
 from magtkd_stream.protocol import make_session_start  # noqa: E402
 from magtkd_stream.resources import ASSET_DIR  # noqa: E402
-from magtkd_stream.stream_config import StreamConfig  # noqa: E402
+from magtkd_stream.config import StreamConfig, load_config  # noqa: E402
 from magtkd_stream.vector_tap import load_vectors  # noqa: E402
 from speech import speech_bounds, synth_speech  # noqa: E402
 
@@ -380,7 +382,6 @@ def test_stream_config_names_bad_keys() -> None:
         StreamConfig.from_dict({"vad": {"threshold": 2}})
 
 
-@pytest.mark.slow
 def test_lite_profile_transcribes_and_fuses(ray_local) -> None:
     overrides = [] if (ASSET_DIR / "lite.safetensors").is_file() else ["checkpoint=null"]
     cfg = load_config("lite", overrides)
@@ -485,7 +486,6 @@ def test_no_interim_while_another_session_is_speaking(tiny: Pipeline) -> None:
     assert not [e for e in col.of("live") if e["type"] == "emotion_interim"], "finals first under concurrent speech"
 
 
-@pytest.mark.slow
 def test_shipped_lite_checkpoint_labels_the_sample_as_scripted(ray_local, tmp_path: Path) -> None:
     """The README's main command: the sample's lines carry scripted emotions; the lite default must follow them."""
     demo = Path(__file__).resolve().parent.parent / "demo" / "samples"
@@ -494,7 +494,7 @@ def test_shipped_lite_checkpoint_labels_the_sample_as_scripted(ray_local, tmp_pa
         pytest.skip("the lite checkpoint is not in magtkd_stream/assets")
     cfg = load_config("lite")
     light = {name: {"num_cpus": 0.1} for name in ("asr", "text", "audio", "video", "fusion")}  # beside `tiny`
-    pipe = Pipeline.start(cfg, stream=StreamConfig.from_dict({**cfg.stream, "actors": light}))
+    pipe = Pipeline.start(cfg, stream=dataclasses.replace(cfg.stream, actors=StreamConfig.from_dict({"actors": light}).actors))
     try:
         run_file(cfg, demo / "conversation.mp4", fast=True, out_jsonl=tmp_path / "events.jsonl", print_fn=None,
                  pipeline=pipe)

@@ -31,7 +31,7 @@ from magtkd_stream.labels import label_set  # noqa: E402
 from magtkd_stream.names import MODALITIES  # noqa: E402
 from magtkd_stream.protocol import make_session_start  # noqa: E402
 from magtkd_stream.recognizer import Recognizer  # noqa: E402
-from magtkd_stream.stream_config import StreamConfig  # noqa: E402
+from magtkd_stream.config import StreamConfig  # noqa: E402
 from speech import synth_speech  # noqa: E402
 
 SR = 16000
@@ -83,7 +83,7 @@ class FakeBackend:
     def __init__(self, stream: Optional[StreamConfig] = None, *, audio_from_asr: bool = False,
                  default_delay: float = 0.002) -> None:
         self.cfg = CFG
-        self.stream = stream or StreamConfig.from_dict(CFG.stream)
+        self.stream = stream or CFG.stream
         self.info = BackendInfo(model=MODEL, labels=LABELS, window=4, trained=False, audio_from_asr=audio_from_asr,
                                 encoder_dims=dict(DIMS), crop_on_arrival=False)
         self.default_delay = default_delay
@@ -374,7 +374,7 @@ def test_a_failed_call_fails_only_its_utterance(call: str, error: Exception, exp
 
 def test_an_utterance_cut_while_another_is_in_flight_goes_without_video() -> None:
     """With shed_video_after=1 the second utterance skips the video encoder; once idle, video comes back."""
-    stream = dataclasses.replace(StreamConfig.from_dict(CFG.stream), shed_video_after=1)
+    stream = dataclasses.replace(CFG.stream, shed_video_after=1)
     fake, col = FakeBackend(stream), Collector("s")
     slow_asr = fake.gate("transcribe", 0)
 
@@ -411,7 +411,7 @@ def test_an_utterance_cut_while_another_is_in_flight_goes_without_video() -> Non
 
 def test_interims_come_before_their_final_and_never_push() -> None:
     """Long speech gets emotion_interim events from peek(); fuse() is called once per utterance only."""
-    stream = dataclasses.replace(StreamConfig.from_dict(CFG.stream), interim_every_s=0.5)
+    stream = dataclasses.replace(CFG.stream, interim_every_s=0.5)
     fake, col = FakeBackend(stream), Collector("s")
 
     async def main() -> None:
@@ -540,7 +540,7 @@ def test_fake_and_local_backend_follow_the_backend_protocol() -> None:
 
 def test_no_backend_call_for_a_session_after_its_end_session() -> None:
     """end_session() forgets the session's window; a peek() after it would recreate that window for good."""
-    stream = dataclasses.replace(StreamConfig.from_dict(CFG.stream), interim_every_s=0.5)
+    stream = dataclasses.replace(CFG.stream, interim_every_s=0.5)
     fake, col = FakeBackend(stream), Collector("s")
     interim_asr = fake.gate("transcribe", 0)
 

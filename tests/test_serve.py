@@ -165,6 +165,7 @@ async def one_session(url: str, session: str) -> tuple[dict[str, Any], list[dict
     return ended, events
 
 
+@pytest.mark.slow
 def test_serve_runs_a_websocket_session_and_stops_cleanly_on_sigint() -> None:
     server = Server()
     try:

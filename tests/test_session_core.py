@@ -10,7 +10,7 @@ import pytest
 
 from magtkd_stream.batching import MicroBatcher
 from magtkd_stream.recognizer_core import FrameBuffer, SessionCore, sample_evenly
-from magtkd_stream.vad import VADConfig
+from magtkd_stream.config import VADConfig
 from speech import synth_speech
 
 pytest.importorskip("faster_whisper")

@@ -23,7 +23,7 @@ import yaml
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from magtkd_stream.checkpoint import load_checkpoint  # noqa: E402
-from magtkd_stream.config import CONFIG_DIR  # noqa: E402
+from magtkd_stream.config import CONFIG_DIR, load_config  # noqa: E402
 from magtkd_stream.fusion import FusionModel  # noqa: E402
 from magtkd_stream.labels import IEMOCAP_LABELS, MELD_LABELS  # noqa: E402
 from training.cli import main  # noqa: E402
@@ -297,11 +297,13 @@ def test_wholly_wrong_input_stops_at_once(tmp_path: Path, capsys: pytest.Capture
     assert "iemocap" in labels and "meld" in labels
 
 
-def test_recipes_are_full_configs_and_lite_matches_the_service_profile() -> None:
-    lite = yaml.safe_load((CONFIG_DIR / "lite.yaml").read_text(encoding="utf-8"))
-    train = yaml.safe_load((CONFIG_DIR / "train_lite.yaml").read_text(encoding="utf-8"))
-    assert train["encoders"] == lite["encoders"] and train["profile"] == lite["profile"] == "lite"
-    assert train["labels"] == lite["labels"] and train["checkpoint"] == lite["checkpoint"]
+def test_recipes_inherit_their_profile_and_lite_matches_the_service_profile() -> None:
+    for recipe, profile in (("train_lite", "lite"), ("train_smoke", "tiny"), ("train_meld_full", "full")):
+        raw = yaml.safe_load((CONFIG_DIR / f"{recipe}.yaml").read_text(encoding="utf-8"))
+        assert raw["base"] == profile and "magt" not in raw, f"{recipe} should inherit, not copy, its profile"
+    lite, train = load_config("lite"), load_recipe("train_lite")
+    assert train.encoders == lite.encoders and train.magt == lite.magt and train.kd == lite.kd
+    assert (train.profile, train.labels, train.checkpoint) == (lite.profile, lite.labels, lite.checkpoint)
     for name in ("train_smoke", "train_lite", "train_meld_full", "train_iemocap_full"):
         cfg = load_recipe(name)
         assert cfg.train.stage2.select_metric == "weighted_f1", name

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from magtkd_stream.config import ConfigError
-from magtkd_stream.vad import Utterance, VADConfig, VADSegmenter
+from magtkd_stream.config import VADConfig
+from magtkd_stream.vad import Utterance, VADSegmenter
 from speech import speech_bounds, synth_speech
 
 pytest.importorskip("faster_whisper")

@@ -24,7 +24,8 @@ import torch
 from torch import nn
 
 from magtkd_stream.config import Config
-from magtkd_stream.encoders.base import MODALITIES, Encoder, EncoderOutput
+from magtkd_stream.encoders.base import Encoder, EncoderOutput
+from magtkd_stream.names import MODALITIES
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from magtkd_stream.config import Config, config_to_dict
-from magtkd_stream.encoders.base import MODALITIES, Encoder, UtteranceModel
+from magtkd_stream.encoders.base import Encoder, UtteranceModel
+from magtkd_stream.names import MODALITIES
 from training.data.types import Dataset
 from training.features import features_path, save_features, split_into_dialogues
 from training.runs import progress as progress_bar

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from magtkd_stream.config import KDConfig
+from magtkd_stream.names import MODALITIES
 
-MODALITIES: tuple[str, ...] = ("text", "audio", "video")
 FEATURE_KINDS: tuple[str, ...] = ("text", "audio", "audio_kd", "video", "video_kd")
 IGNORE_LABEL = -100
 _META_KEY = "magtkd_features"

@@ -20,10 +20,10 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from magtkd_stream.names import MODALITIES
 from training.features import IGNORE_LABEL, DialogueFeatures
 from training.pairing import labelled_vectors
 
-MODALITIES = ("text", "audio", "video")
 CUES: dict[str, tuple[str, ...]] = {  # cue type -> modalities that carry the emotion
     "voice": ("audio",), "face": ("video",), "words": ("text",),
     "voice+face": ("audio", "video"), "words+face": ("text", "video"), "voice+words": ("audio", "text"),

@@ -26,8 +26,8 @@ from magtkd_stream.config import Config
 from magtkd_stream.fusion import FusionModel
 from magtkd_stream.speaker_norm import normalize_sequence
 from magtkd_stream.checkpoint import load_checkpoint
-from magtkd_stream.stream_config import StreamConfig
-from magtkd_stream.vad import SAMPLE_RATE, VADSegmenter, served_audio
+from magtkd_stream.names import SAMPLE_RATE
+from magtkd_stream.vad import VADSegmenter, served_audio
 from training.metrics import compute_metrics
 
 logger = logging.getLogger(__name__)
@@ -116,7 +116,7 @@ def encode_three_ways(cfg: Config, waves: Sequence[np.ndarray],
     from faster_whisper.vad import get_vad_model
 
     asr = asr or WhisperASR(cfg.encoders.asr)
-    vad_cfg, vad_model = StreamConfig.from_dict(cfg.stream).vad, get_vad_model()
+    vad_cfg, vad_model = cfg.stream.vad, get_vad_model()
     logger.info("encoding %d clips three ways", len(waves))
     whole = clip_vectors(asr, waves, cfg.encoders.audio.max_seconds)
     cut = clip_vectors(asr, [served_audio(w, vad_cfg, vad_model) for w in waves], cfg.encoders.audio.max_seconds)

@@ -1,6 +1,7 @@
 """What a recipe run starts from: the recipe file (with a profile swap and --set overrides) and data limits.
 
-A recipe is a full configuration file (profile, encoders, magt, kd, train).
+A recipe is a configuration file that starts from a profile (`base: lite`) and
+adds its `train:` section and whatever else differs.
 `--profile-override tiny` swaps in another profile's encoders, magt and
 feature_dim while keeping the recipe's trainable_layers and magt.window, so a
 full recipe runs its own training path with tiny models in seconds. Limits cap
@@ -18,7 +19,7 @@ from typing import Any, Optional, Sequence, TypeVar
 
 import numpy as np
 
-from magtkd_stream.config import CONFIG_DIR, Config, ConfigError, apply_override, config_from_dict, read_yaml
+from magtkd_stream.config import CONFIG_DIR, Config, ConfigError, apply_override, config_from_dict, read_config_tree
 from training.data.types import Dataset
 
 logger = logging.getLogger(__name__)
@@ -65,9 +66,9 @@ def load_recipe(ref: str | Path, overrides: Sequence[str] = (), profile_override
                 seed: Optional[int] = None) -> Config:
     """A recipe file (+ optional profile swap) + --set overrides + --seed, validated as a Config."""
     path = recipe_path(ref)
-    data = read_yaml(path)
+    data = read_config_tree(path)
     if profile_override:
-        data = merge_profile(data, read_yaml(recipe_path(profile_override)))
+        data = merge_profile(data, read_config_tree(recipe_path(profile_override)))
     for item in overrides:
         apply_override(data, item)
     if seed is not None:

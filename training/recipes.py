@@ -26,7 +26,8 @@ import torch
 
 from magtkd_stream.checkpoint import load_checkpoint, save_checkpoint
 from magtkd_stream.config import Config, config_to_dict
-from magtkd_stream.encoders.base import MODALITIES, UtteranceModel
+from magtkd_stream.encoders.base import UtteranceModel
+from magtkd_stream.names import MODALITIES
 from training.data.types import Dataset
 from training.features import DialogueFeatures, features_path, save_features, split_into_dialogues
 from training.recipe_inputs import Limits, dataset_counts, pick, subsample

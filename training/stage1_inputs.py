@@ -37,10 +37,9 @@ def served_clip(wave: np.ndarray, cfg: Config) -> np.ndarray:
     """
     from faster_whisper.vad import get_vad_model  # loaded once per process (lru_cache)
 
-    from magtkd_stream.stream_config import StreamConfig
     from magtkd_stream.vad import served_audio
 
-    return served_audio(wave, StreamConfig.from_dict(cfg.stream).vad, get_vad_model())
+    return served_audio(wave, cfg.stream.vad, get_vad_model())
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ the profile's name, so a new profile is a new YAML file and nothing else.
 from __future__ import annotations
 
 from magtkd_stream.config import Config
+from magtkd_stream.names import MODALITIES
 from magtkd_stream.encoders.base import (
-    MODALITIES,
     AudioInput,
     Encoder,
     EncoderOutput,
@@ -19,7 +19,6 @@ from magtkd_stream.encoders.base import (
 )
 
 __all__ = [
-    "MODALITIES",
     "AudioInput",
     "Encoder",
     "EncoderOutput",

@@ -17,9 +17,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from magtkd_stream.names import MODALITIES
-
-
 
 @dataclass
 class TextInput:

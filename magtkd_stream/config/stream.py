@@ -1,20 +1,19 @@
-"""Options of the streaming service (the `stream:` section of a profile), as typed dataclasses.
+"""The service's section of a profile (`stream:`): actor resources, batching, VAD, window, fault handling.
 
-`Config.stream` is a plain mapping so that each part of the service owns its
-keys; this module gives the pipeline's keys types, defaults and validation
-(unknown keys are errors naming the key). The gateway's limits live under
-`stream.gateway` and are validated by the gateway itself.
+Built by the one loader (config/profile.py) like every other section; unknown
+keys and bad values raise ConfigError naming the full dotted key. The
+gateway's section (`stream.gateway`) is typed in config/gateway.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Optional
 
-from magtkd_stream.config import ConfigError
-from magtkd_stream.config import _check as _check_key
-from magtkd_stream.vad import VADConfig
+from magtkd_stream.config.checks import ConfigError, integer as _integer, number as _number
+from magtkd_stream.config.checks import check as _check_key
+from magtkd_stream.config.gateway import GatewayConfig
 
 ACTOR_NAMES: tuple[str, ...] = ("asr", "text", "audio", "video", "fusion")
 
@@ -22,14 +21,6 @@ ACTOR_NAMES: tuple[str, ...] = ("asr", "text", "audio", "video", "fusion")
 def _check(ok: bool, key: str, msg: str) -> None:
     """config's check, with keys named from the top of the profile (stream.<key>)."""
     _check_key(ok, f"stream.{key}", msg)
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def _integer(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass
@@ -65,6 +56,35 @@ def _default_actors() -> dict[str, ActorResources]:
 
 
 @dataclass
+class VADConfig:
+    """Segmentation options (probabilities are Silero speech probabilities per 32 ms)."""
+
+    threshold: float = 0.5  # speech when the probability reaches this; silence below threshold - 0.15
+    min_silence_ms: int = 300  # end-of-speech hangover
+    min_speech_ms: int = 250  # shorter speech bursts (clicks, coughs) are dropped
+    max_utterance_s: float = 15.0  # longer speech is cut into several utterances
+    pad_ms: int = 200  # audio kept before and after the detected speech
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, key: str, msg: str) -> None:
+            _check_key(ok, f"vad.{key}", msg)
+
+        check(0.0 < self.threshold < 1.0, "threshold", f"must be in (0, 1), got {self.threshold}")
+        check(self.min_silence_ms >= 0, "min_silence_ms", f"must be >= 0, got {self.min_silence_ms}")
+        check(self.min_speech_ms >= 0, "min_speech_ms", f"must be >= 0, got {self.min_speech_ms}")
+        check(self.pad_ms >= 0, "pad_ms", f"must be >= 0, got {self.pad_ms}")
+        check(
+            2 * self.pad_ms / 1000 + 1.0 <= self.max_utterance_s <= 30.0,
+            "max_utterance_s",
+            f"must be in [1 s + 2 * pad_ms, 30 s] (the Whisper window), got {self.max_utterance_s}",
+        )
+
+    @property
+    def neg_threshold(self) -> float:
+        return max(self.threshold - 0.15, 0.01)
+
+
+@dataclass
 class StreamConfig:
     """Everything the Ray pipeline reads: actor resources, batching, segmentation, window, fault handling."""
 
@@ -72,7 +92,9 @@ class StreamConfig:
     batch_wait_ms: float = 10.0  # how long a batch waits for more requests after its first
     max_batch: int = 16  # items per encoder batch
     vad: VADConfig = field(default_factory=VADConfig)
-    window: int = 0  # utterances MAGT sees per prediction; 0 = the checkpoint's (magt.window)
+    # Utterances MAGT sees per prediction. Empty (None): the window the checkpoint was trained with (its
+    # magt.window). 0, as everywhere: no limit, the whole session (a stream never ends, so magt.max_len bounds it).
+    window: Optional[int] = None
     max_frames: int = 48  # video frames buffered per session; older ones are thinned, never unbounded
     interim_every_s: float = 0.0  # an emotion_interim event per this much ongoing speech (0: none)
     crop_fps: float = 3.0  # face encoders: frames per second cropped as they arrive (0: all at utterance end)
@@ -82,12 +104,15 @@ class StreamConfig:
     restart_wait_s: float = 60.0  # how long a call waits for a restarting actor before failing
     watch_every_s: float = 0.5  # actors are pinged this often, so one that died idle is waited for
     log_to_driver: bool = False  # stream actor logs to the driver's console
-    gateway: dict[str, Any] = field(default_factory=dict)  # websocket limits, validated by the gateway
+    gateway: GatewayConfig = field(default_factory=GatewayConfig)  # the websocket gateway's address and limits
 
     def __post_init__(self) -> None:
         _check(_number(self.batch_wait_ms) and 0 <= self.batch_wait_ms <= 1000, "batch_wait_ms",
                f"must be in [0, 1000] ms, got {self.batch_wait_ms!r}")
-        for key, low in (("max_batch", 1), ("window", 0), ("max_frames", 1), ("shed_video_after", 1),
+        _check(self.window is None or (_integer(self.window) and self.window >= 0), "window",
+               f"must be an integer >= 0 (0 = the whole session) or empty (= the checkpoint's magt.window), "
+               f"got {self.window!r}")
+        for key, low in (("max_batch", 1), ("max_frames", 1), ("shed_video_after", 1),
                          ("max_restarts", 0)):
             value = getattr(self, key)
             _check(_integer(value) and value >= low, key, f"must be an integer >= {low}, got {value!r}")
@@ -99,7 +124,10 @@ class StreamConfig:
             value = getattr(self, key)
             _check(_number(value) and value > 0, key, f"must be > 0 seconds, got {value!r}")
         _check(isinstance(self.log_to_driver, bool), "log_to_driver", f"must be true or false, got {self.log_to_driver!r}")
-        _check(isinstance(self.gateway, dict), "gateway", f"must be a mapping, got {type(self.gateway).__name__}")
+        if isinstance(self.gateway, Mapping):  # StreamConfig(gateway={...}) in code
+            self.gateway = _gateway_from(self.gateway)
+        _check(isinstance(self.gateway, GatewayConfig), "gateway",
+               f"must be a mapping, got {type(self.gateway).__name__}")
         unknown = sorted(set(self.actors) - set(ACTOR_NAMES))
         _check(not unknown, f"actors.{unknown[0] if unknown else ''}", f"unknown actor; known: {list(ACTOR_NAMES)}")
         merged = _default_actors()
@@ -115,7 +143,9 @@ class StreamConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         _check(not unknown, unknown[0] if unknown else "", f"unknown key; known keys: {sorted(known)}")
-        kwargs: dict[str, Any] = {k: v for k, v in data.items() if k not in ("actors", "vad")}
+        kwargs: dict[str, Any] = {k: v for k, v in data.items() if k not in ("actors", "vad", "gateway")}
+        if "gateway" in data:
+            kwargs["gateway"] = _gateway_from(data["gateway"])
         if "actors" in data:
             kwargs["actors"] = _actors_from(data["actors"])
         if "vad" in data:
@@ -149,3 +179,15 @@ def _actors_from(data: Any) -> dict[str, ActorResources]:
         _check(name in ACTOR_NAMES, f"actors.{name}", f"unknown actor; known: {list(ACTOR_NAMES)}")
         out[name] = _sub(ActorResources, spec or {}, f"actors.{name}")
     return out
+
+
+def _gateway_from(data: Any) -> GatewayConfig:
+    """GatewayConfig.from_mapping, its errors naming keys from the top of the profile (stream.gateway.<key>)."""
+    _check(isinstance(data, Mapping), "gateway", f"expected a mapping, got {type(data).__name__}")
+    try:
+        return GatewayConfig.from_mapping(data)
+    except ConfigError as exc:
+        msg = str(exc)
+        if msg.startswith("unknown key "):
+            raise ConfigError("unknown key stream." + msg[len("unknown key "):]) from None
+        raise ConfigError(f"stream.{msg}") from None

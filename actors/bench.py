@@ -44,7 +44,7 @@ from magtkd_stream.names import SAMPLE_RATE
 from actors.pipeline import Pipeline
 from actors.serve import gateway_config
 from actors.sink import PipelineSink
-from magtkd_stream import protocol as P
+from magtkd_stream.wire import protocol as P
 from magtkd_stream.config import Config, ConfigError, load_config
 
 log = logging.getLogger("actors.bench")

@@ -4,7 +4,7 @@ Transport only. Recognition happens behind a SessionSink; events come back
 through the EventBus, which sequences them and fans them out. Every connection
 runs in its own tasks with bounded queues, so a slow, silent or misbehaving
 client is answered or dropped on its own connection and no other session waits
-for it. The wire format is docs/PROTOCOL.md (magtkd_stream/protocol.py).
+for it. The wire format is docs/PROTOCOL.md (magtkd_stream/wire/protocol.py).
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ from websockets.exceptions import ConnectionClosed
 from actors.gateway_auth import Identity, token_table
 from actors.gateway_guard import ConnectionGuard, remote_host
 from actors.gateway_publisher import PublisherSession
-from magtkd_stream.bus import ALL, EventBus, Subscription, SubscriptionDropped
+from magtkd_stream.wire.bus import ALL, EventBus, Subscription, SubscriptionDropped
 from magtkd_stream.config import ConfigError, GatewayConfig
 from magtkd_stream.config.gateway import TOKENS_ENV
-from magtkd_stream.protocol import (
+from magtkd_stream.wire.protocol import (
     CLOSE_DROPPED,
     CLOSE_SHUTDOWN,
     PROTOCOL_VERSION,

@@ -16,7 +16,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from magtkd_stream.protocol import ProtocolError, jpeg_dimensions
+from magtkd_stream.wire.protocol import ProtocolError, jpeg_dimensions
 
 
 @dataclass(frozen=True)

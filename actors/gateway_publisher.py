@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Optional
 from websockets.exceptions import ConnectionClosed
 
 from actors.gateway_inbound import END, Inbound, InboundQueue, RateLimiter, Throttle, check_jpeg_header, decode_jpeg
-from magtkd_stream.protocol import (
+from magtkd_stream.wire.protocol import (
     AudioChunk,
     EndMessage,
     PingMessage,
@@ -31,7 +31,7 @@ from magtkd_stream.protocol import (
     parse_binary,
     parse_client_text,
 )
-from magtkd_stream.resample import StreamResampler
+from magtkd_stream.wire.resample import StreamResampler
 
 if TYPE_CHECKING:
     from actors.gateway import Gateway

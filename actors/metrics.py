@@ -24,7 +24,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from magtkd_stream.bus import BusEvent
+from magtkd_stream.wire.bus import BusEvent
 
 log = logging.getLogger(__name__)
 

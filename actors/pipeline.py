@@ -26,9 +26,9 @@ from typing import Any, Optional
 import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, GetTimeoutError, RayActorError
 
-from magtkd_stream.checkpoint import checkpoint_path
-from magtkd_stream.workers import ASRWorker, EncoderWorker, FusionWorker
-from magtkd_stream.backend import BackendError, BackendInfo, audio_may_come_from_asr, backend_info
+from magtkd_stream.model.checkpoint import checkpoint_path
+from magtkd_stream.streaming.workers import ASRWorker, EncoderWorker, FusionWorker
+from magtkd_stream.streaming.backend import BackendError, BackendInfo, audio_may_come_from_asr, backend_info
 from magtkd_stream.config import Config
 from magtkd_stream.config import ActorResources, StreamConfig
 from magtkd_stream.names import MODALITIES
@@ -86,7 +86,7 @@ PipelineInfo = BackendInfo  # the Ray pipeline's facts are a backend's facts
 class Pipeline:
     """Handles to the running actors, grouped by kind, and the model facts the recognizer needs.
 
-    Implements magtkd_stream.backend.Backend over `call`, so a Recognizer runs on the actors.
+    Implements magtkd_stream.streaming.backend.Backend over `call`, so a Recognizer runs on the actors.
     """
 
     def __init__(self, cfg: Config, stream: StreamConfig, slots: dict[str, list[ActorSlot]], info: PipelineInfo,

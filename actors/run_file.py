@@ -1,6 +1,6 @@
 """`magtkd-stream run FILE`: replay media files through the recognizer, on the Ray actors or in-process.
 
-The replay itself (decode, pace, print, record) is magtkd_stream/replay.py;
+The replay itself (decode, pace, print, record) is magtkd_stream/streaming/replay.py;
 this module starts the backend the user asked for (`--backend ray`, the
 default: the same actors `serve` runs; `--backend local`: the same workers in
 this process, no Ray), runs one session per file on it and stops what it started.
@@ -14,10 +14,10 @@ from pathlib import Path
 from typing import Any, Awaitable, Callable, Optional, Sequence, Union
 
 from actors.pipeline import Pipeline
-from magtkd_stream.backend import Backend
+from magtkd_stream.streaming.backend import Backend
 from magtkd_stream.config import Config
 from magtkd_stream.media import probe
-from magtkd_stream.replay import PrintFn, format_summary, replay_file, unique_sessions
+from magtkd_stream.streaming.replay import PrintFn, format_summary, replay_file, unique_sessions
 
 BACKENDS = ("ray", "local")
 STARTING = {
@@ -45,7 +45,7 @@ def _run_on(cfg: Config, kind: str, address: Optional[str], given: Optional[Back
             pipe.stop()
 
     async def local() -> Any:
-        from magtkd_stream.local_backend import LocalBackend
+        from magtkd_stream.streaming.local_backend import LocalBackend
 
         backend = await LocalBackend.start(cfg)
         try:

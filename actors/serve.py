@@ -25,9 +25,9 @@ from actors.gateway_auth import token_table
 from actors.local_devices import LocalSession, open_devices
 from actors.metrics import MetricsServer
 from actors.pipeline import Pipeline
-from magtkd_stream.replay import format_event
+from magtkd_stream.streaming.replay import format_event
 from actors.sink import PipelineSink
-from magtkd_stream.bus import BusEvent
+from magtkd_stream.wire.bus import BusEvent
 from magtkd_stream.config import Config, ConfigError
 from magtkd_stream.devices import Camera, DeviceError, Microphone
 

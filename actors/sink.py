@@ -6,7 +6,7 @@ import time
 from typing import Callable, Optional
 
 from actors.pipeline import Pipeline
-from magtkd_stream.recognizer import PublishFn, Recognizer, TapFn
+from magtkd_stream.streaming.recognizer import PublishFn, Recognizer, TapFn
 
 
 class PipelineSink(Recognizer):

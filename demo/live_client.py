@@ -44,7 +44,7 @@ from demo.live_sources import AudioItem, VideoItem, iter_media, open_media
 from demo.live_view import display_available, run_in_window
 from magtkd_stream.devices import Camera, DeviceError, Microphone
 from magtkd_stream.names import SAMPLE_RATE
-from magtkd_stream.protocol import ProtocolError
+from magtkd_stream.wire.protocol import ProtocolError
 
 log = logging.getLogger("demo.live_client")
 

@@ -1,7 +1,7 @@
 """What the live client sends and how it reads what comes back (protocol v1), without any device or socket.
 
 Kept free of I/O so tests can check every message the client would put on the
-wire against magtkd_stream.protocol, and so the browser page and this client
+wire against magtkd_stream.wire.protocol, and so the browser page and this client
 stay two readings of one protocol rather than two inventions.
 """
 
@@ -13,7 +13,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
 
-from magtkd_stream import protocol
+from magtkd_stream.wire import protocol
 from magtkd_stream.names import SAMPLE_RATE
 
 JPEG_QUALITY = 80

@@ -78,7 +78,7 @@ class Side:
     """One speaker: voice, whose photographs, and how they are framed."""
 
     voice: Voice
-    identity: str  # faces_muxspace identity (a dev identity: see training/compose.py identity_split)
+    identity: str  # faces_muxspace identity (a dev identity: see training/devset/compose.py identity_split)
     photos: dict[str, Photo]  # MELD emotion -> photograph showing it
     height: int  # the photograph is scaled to this many pixels high
     backdrop: tuple[int, int, int]  # BGR
@@ -416,7 +416,7 @@ def word_error_rates(audio: np.ndarray, utterances: Sequence[dict]) -> list[floa
     The recognizer reads transcripts, so a sample whose voices the ASR mishears
     shows the ASR's mistakes, not the emotion model.
     """
-    from magtkd_stream.asr import build_asr
+    from magtkd_stream.streaming.asr import build_asr
     from magtkd_stream.config import load_config
     from training.metrics import word_error_rate
 

@@ -29,10 +29,10 @@ from typing import Any, Callable, Iterator, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from magtkd_stream.backend import Backend
+from magtkd_stream.streaming.backend import Backend
 from magtkd_stream.config import Config, load_config
 from magtkd_stream.names import SAMPLE_RATE
-from magtkd_stream.protocol import make_session_end, make_session_start
+from magtkd_stream.wire.protocol import make_session_end, make_session_start
 
 EventFn = Callable[[dict[str, Any]], Any]
 END = "session_end"
@@ -63,7 +63,7 @@ class LiveSession:
             self._on_event(data)
 
     def feed_audio(self, samples: np.ndarray) -> None:
-        """Audio as float32 in [-1, 1], mono, 16 kHz (magtkd_stream.resample converts other rates)."""
+        """Audio as float32 in [-1, 1], mono, 16 kHz (magtkd_stream.wire.resample converts other rates)."""
         self._check_open()
         x = np.asarray(samples)
         if x.ndim != 1 or x.dtype.kind != "f":
@@ -127,7 +127,7 @@ class RecognizerHandle:
     """The models and a Recognizer on a background event loop; a context manager that stops them on exit."""
 
     def __init__(self, cfg: Config, backend: Optional[Backend] = None) -> None:
-        from magtkd_stream.recognizer import Recognizer
+        from magtkd_stream.streaming.recognizer import Recognizer
 
         self.cfg = cfg
         self._loop = asyncio.new_event_loop()
@@ -145,7 +145,7 @@ class RecognizerHandle:
 
     @staticmethod
     async def _start_local(cfg: Config) -> Backend:
-        from magtkd_stream.local_backend import LocalBackend
+        from magtkd_stream.streaming.local_backend import LocalBackend
 
         return await LocalBackend.start(cfg)
 
@@ -187,7 +187,7 @@ class RecognizerHandle:
                  out_jsonl: Optional[Union[str, Path]] = None,
                  print_fn: Optional[Callable[[str], Any]] = None) -> list[dict[str, Any]]:
         """Every event of one media file replayed as a live client would send it (`fast`: not real-time pace)."""
-        from magtkd_stream.replay import replay_file
+        from magtkd_stream.streaming.replay import replay_file
 
         if self.closed:
             raise RuntimeError("the recognizer is closed")

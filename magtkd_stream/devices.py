@@ -23,8 +23,8 @@ from typing import Any, Callable, Iterator, Optional
 import numpy as np
 
 from magtkd_stream.names import SAMPLE_RATE
-from magtkd_stream.protocol import SAMPLE_RATES
-from magtkd_stream.resample import StreamResampler
+from magtkd_stream.wire.protocol import SAMPLE_RATES
+from magtkd_stream.wire.resample import StreamResampler
 
 log = logging.getLogger(__name__)
 

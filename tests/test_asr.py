@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from magtkd_stream.asr import (
+from magtkd_stream.streaming.asr import (
     ASRResult,
     ScriptedASR,
     WhisperASR,
@@ -150,7 +150,7 @@ def test_whisper_rejects_bad_input(whisper: WhisperASR, wave: object, fragment: 
 def test_long_input_is_truncated_with_warning(whisper: WhisperASR, caplog: pytest.LogCaptureFixture) -> None:
     speech = synth_speech(SENTENCE)
     long = np.concatenate([speech, np.zeros(31 * SR, np.float32)])
-    with caplog.at_level(logging.WARNING, logger="magtkd_stream.asr"):
+    with caplog.at_level(logging.WARNING, logger="magtkd_stream.streaming.asr"):
         res = whisper.transcribe(long)
     assert "cut to its first 30.0 s" in caplog.text
     assert sum(k in res.text.lower() for k in KEY_WORDS) >= 2, res.text
@@ -174,7 +174,7 @@ def test_audio_encoder_shares_the_asr_vector(whisper: WhisperASR) -> None:
 
 
 def test_window_covers_the_batch_or_falls_back_to_thirty_seconds() -> None:
-    from magtkd_stream.asr import MEL_FRAMES, window_mel_frames
+    from magtkd_stream.streaming.asr import MEL_FRAMES, window_mel_frames
 
     assert window_mel_frames([5 * SR], 30) == MEL_FRAMES
     assert window_mel_frames([5 * SR, 9 * SR], 10) == 1000

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from speech import synth_speech
-from training.audio_augment import AugmentSettings, Channel, aac_round_trip, apply_channel, copy_rng, room_response
+from training.stage1.audio_augment import AugmentSettings, Channel, aac_round_trip, apply_channel, copy_rng, room_response
 
 SR = 16000
 

@@ -12,7 +12,7 @@ pytest.importorskip("av")
 cv2 = pytest.importorskip("cv2")
 
 from actors.bench import SessionRun, client_messages, summarize  # noqa: E402
-from magtkd_stream import protocol as P  # noqa: E402
+from magtkd_stream.wire import protocol as P  # noqa: E402
 
 SAMPLE = Path(__file__).resolve().parents[1] / "demo" / "samples" / "conversation.mp4"
 

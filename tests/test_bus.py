@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from magtkd_stream import protocol as P
-from magtkd_stream.bus import ALL, BusEvent, EventBus, GapNotice, SubscriptionDropped
+from magtkd_stream.wire import protocol as P
+from magtkd_stream.wire.bus import ALL, BusEvent, EventBus, GapNotice, SubscriptionDropped
 
 
 def start(bus: EventBus, session: str) -> int:

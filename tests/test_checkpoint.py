@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from magtkd_stream.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from magtkd_stream.model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from magtkd_stream.config import load_config
 from magtkd_stream.labels import IEMOCAP_LABELS, MELD_LABELS
 
@@ -61,7 +61,7 @@ def test_refuses_foreign_safetensors(tmp_path: Path) -> None:
 
 def test_magt_settings_that_a_checkpoint_overrides_are_named() -> None:
     """A checkpoint rebuilds MAGT as trained: the fusion actor warns about profile magt values it cannot honour."""
-    from magtkd_stream.fusion import ignored_magt_settings
+    from magtkd_stream.model.fusion import ignored_magt_settings
 
     lite = load_config("lite")
     assert ignored_magt_settings(lite.magt, lite.magt) == {}

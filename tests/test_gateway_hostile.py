@@ -22,7 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidSta
 
 from actors.gateway import Gateway, GatewayConfig
 from actors.gateway_auth import token_table
-from magtkd_stream import protocol as P
+from magtkd_stream.wire import protocol as P
 from magtkd_stream.config import ConfigError
 from test_gateway import (
     TOKEN,

@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from magtkd_stream.losses import pearson_soft_loss, relation_kl_loss, stage2_loss, student_loss
-from magtkd_stream.magt import MAGTOutput
+from magtkd_stream.model.losses import pearson_soft_loss, relation_kl_loss, stage2_loss, student_loss
+from magtkd_stream.model.magt import MAGTOutput
 
 
 

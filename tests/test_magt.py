@@ -8,10 +8,10 @@ import math
 import pytest
 import torch
 
-from magtkd_stream.agt import AGTBlock, AGTLayer, attention_mask
+from magtkd_stream.model.agt import AGTBlock, AGTLayer, attention_mask
 from magtkd_stream.config import MAGTConfig
-from magtkd_stream.losses import stage2_loss
-from magtkd_stream.magt import MAGT, MAGTOutput, causal_window_mask
+from magtkd_stream.model.losses import stage2_loss
+from magtkd_stream.model.magt import MAGT, MAGTOutput, causal_window_mask
 
 
 C = 5

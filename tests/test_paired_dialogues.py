@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from magtkd_stream.labels import MELD_LABELS
-from training.calibration import calibrate, expected_calibration_error, fit_temperature, softmax
-from training.features import DialogueFeatures
-from training.paired_dialogues import CUES, ComposeSettings, compose_dialogues, cue_of, drop_modalities
+from training.stage2.calibration import calibrate, expected_calibration_error, fit_temperature, softmax
+from training.stage2.features import DialogueFeatures
+from training.stage2.paired_dialogues import CUES, ComposeSettings, compose_dialogues, cue_of, drop_modalities
 
 KINDS = {"text": "text", "audio": "audio", "video": "video"}
 D = 4
@@ -99,9 +99,9 @@ def test_temperature_fit_recovers_overconfidence_and_lowers_ece() -> None:
 
 
 def test_fusion_model_applies_checkpoint_temperatures(tmp_path) -> None:
-    from magtkd_stream.checkpoint import load_checkpoint, save_checkpoint
+    from magtkd_stream.model.checkpoint import load_checkpoint, save_checkpoint
     from magtkd_stream.config import load_config
-    from magtkd_stream.fusion import FusionModel
+    from magtkd_stream.model.fusion import FusionModel
 
     cfg = load_config("tiny")
     dims = {"text": 8, "audio": 6, "video": 5}

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from training.features import IGNORE_LABEL, DialogueFeatures
-from training.pairing import pair_modalities
+from training.stage2.features import IGNORE_LABEL, DialogueFeatures
+from training.stage2.pairing import pair_modalities
 
 KINDS = {"text": "text", "audio": "audio", "video": "video"}
 D = 4

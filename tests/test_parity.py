@@ -5,16 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from magtkd_stream.asr import WhisperASR
+from magtkd_stream.streaming.asr import WhisperASR
 from magtkd_stream.config import ASRConfig, AudioEncoderConfig, load_config
 from magtkd_stream.encoders.base import AudioInput
 from magtkd_stream.encoders.whisper_audio import WhisperAudioEncoder
 from magtkd_stream.config import VADConfig
 from magtkd_stream.names import SAMPLE_RATE
-from magtkd_stream.vad import segment_clip, served_audio
+from magtkd_stream.streaming.vad import segment_clip, served_audio
 from speech import synth_speech
-from training.parity import clip_vectors, stream_vectors
-from training.stage1_inputs import served_clip
+from training.studies.parity import clip_vectors, stream_vectors
+from training.stage1.inputs import served_clip
 
 TOLERANCE = 0.99  # cosine between the training-path and streaming-path vectors of one clip
 

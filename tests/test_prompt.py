@@ -8,7 +8,7 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from magtkd_stream.prompt import build_prompt_ids, build_prompt_segments, build_prompt_text  # noqa: E402
+from magtkd_stream.model.prompt import build_prompt_ids, build_prompt_segments, build_prompt_text  # noqa: E402
 
 TEMPLATE = "For {speaker}: {text} Now {speaker} feels {mask}"
 

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from jsonschema import Draft202012Validator
 
-from magtkd_stream import protocol as P
-from magtkd_stream.resample import StreamResampler, pcm16_to_float32
-from magtkd_stream.schema import CLIENT_SCHEMAS, SCHEMA_DIR, SERVER_SCHEMAS, load_schema
+from magtkd_stream.wire import protocol as P
+from magtkd_stream.wire.resample import StreamResampler, pcm16_to_float32
+from magtkd_stream.wire.schema import CLIENT_SCHEMAS, SCHEMA_DIR, SERVER_SCHEMAS, load_schema
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ("anger", "joy", "neutral")

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from training import ravdess_audio as ra
-from training.ravdess_audio import ClipVectors, HeadSettings, evaluate_held_out, split_by_actor
+from training.studies import ravdess_audio as ra
+from training.studies.ravdess_audio import ClipVectors, HeadSettings, evaluate_held_out, split_by_actor
 
 SETTINGS = HeadSettings(feature_dim=16, epochs=8, batch_size=16, lr=1e-2)
 

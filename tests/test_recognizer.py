@@ -22,15 +22,15 @@ import pytest
 pytest.importorskip("faster_whisper")
 pytest.importorskip("onnxruntime")
 
-from magtkd_stream.asr import ASRResult  # noqa: E402
-from magtkd_stream.backend import Backend, BackendError, BackendInfo, Vectors  # noqa: E402
-from magtkd_stream.bus import EventBus  # noqa: E402
+from magtkd_stream.streaming.asr import ASRResult  # noqa: E402
+from magtkd_stream.streaming.backend import Backend, BackendError, BackendInfo, Vectors  # noqa: E402
+from magtkd_stream.wire.bus import EventBus  # noqa: E402
 from magtkd_stream.config import load_config  # noqa: E402
 from magtkd_stream.encoders.base import AudioInput, TextInput, VideoInput  # noqa: E402
 from magtkd_stream.labels import label_set  # noqa: E402
 from magtkd_stream.names import MODALITIES  # noqa: E402
-from magtkd_stream.protocol import make_session_start  # noqa: E402
-from magtkd_stream.recognizer import Recognizer  # noqa: E402
+from magtkd_stream.wire.protocol import make_session_start  # noqa: E402
+from magtkd_stream.streaming.recognizer import Recognizer  # noqa: E402
 from magtkd_stream.config import StreamConfig  # noqa: E402
 from speech import synth_speech  # noqa: E402
 
@@ -519,7 +519,7 @@ def test_whisper_audio_vectors_replace_the_audio_encoder() -> None:
 
 def test_fake_and_local_backend_follow_the_backend_protocol() -> None:
     """The recognizer is written against Backend only; both the fake and LocalBackend must provide all of it."""
-    from magtkd_stream.local_backend import LocalBackend
+    from magtkd_stream.streaming.local_backend import LocalBackend
 
     declared = {n for n, v in vars(Backend).items() if inspect.isfunction(v) and not n.startswith("_")}
     assert declared == set(PROTOCOL_METHODS)

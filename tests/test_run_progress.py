@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from magtkd_stream.replay import _progress
+from magtkd_stream.streaming.replay import _progress
 
 
 def test_progress_lines_come_only_while_no_utterance_arrives() -> None:

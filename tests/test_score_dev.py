@@ -9,7 +9,7 @@ from typing import Any, Optional
 import pytest
 
 from magtkd_stream.labels import MELD_LABELS
-from training.score_dev import match_events, score, score_dev, table
+from training.devset.score_dev import match_events, score, score_dev, table
 
 
 def _utt(i: int, start: float, end: float, emotion: str, cue_type: str, face: str) -> dict[str, Any]:
@@ -112,7 +112,7 @@ def test_stream_cli_takes_several_files() -> None:
 
 
 def test_by_voice_says_how_the_voice_head_reads_each_kind_of_voice() -> None:
-    from training.score_dev import Match, by_voice
+    from training.devset.score_dev import Match, by_voice
 
     def utt(i: int, kind: str, cue_type: str, emotion: str) -> dict[str, Any]:
         u = _utt(i, 2.0 * i, 2.0 * i + 1, emotion, cue_type, "absent")

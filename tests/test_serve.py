@@ -22,7 +22,7 @@ pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 from websockets.asyncio.client import connect  # noqa: E402
 
-from magtkd_stream import protocol as P  # noqa: E402
+from magtkd_stream.wire import protocol as P  # noqa: E402
 from speech import synth_speech  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -281,7 +281,7 @@ class RecordingSink:
 
 def test_local_session_feeds_every_captured_sample_in_order_then_ends_on_the_bus() -> None:
     from actors.local_devices import LocalSession
-    from magtkd_stream.bus import BusEvent, EventBus
+    from magtkd_stream.wire.bus import BusEvent, EventBus
 
     signal_ = np.random.default_rng(1).uniform(-0.5, 0.5, 16000).astype(np.float32)
 

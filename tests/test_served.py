@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from magtkd_stream.labels import MELD_LABELS
-from magtkd_stream.vector_tap import VectorRecorder, load_vectors
-from training.features import IGNORE_LABEL
-from training.served import event_labels, served_dialogues
+from magtkd_stream.streaming.vector_tap import VectorRecorder, load_vectors
+from training.stage2.features import IGNORE_LABEL
+from training.stage2.served import event_labels, served_dialogues
 
 UTTS = [
     {"index": 0, "start": 1.0, "end": 2.0, "emotion": "anger", "cue_type": "voice"},

@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from magtkd_stream.batching import MicroBatcher
-from magtkd_stream.recognizer_core import FrameBuffer, SessionCore, sample_evenly
+from magtkd_stream.streaming.batching import MicroBatcher
+from magtkd_stream.streaming.recognizer_core import FrameBuffer, SessionCore, sample_evenly
 from magtkd_stream.config import VADConfig
 from speech import synth_speech
 
@@ -118,7 +118,7 @@ def test_micro_batcher_runs_background_work_only_when_no_batch_waits() -> None:
 
 
 def test_event_line_shows_probabilities_that_round_to_one() -> None:
-    from magtkd_stream.replay import format_event
+    from magtkd_stream.streaming.replay import format_event
 
     probs = {"joy": 0.996, "anger": 0.004}
     event = {

@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from magtkd_stream.fusion import SessionWindow
-from magtkd_stream.speaker_norm import SpeakerNormalizer, normalize_sequence
+from magtkd_stream.model.fusion import SessionWindow
+from magtkd_stream.model.speaker_norm import SpeakerNormalizer, normalize_sequence
 from training.data.types import Dialogue, Utterance
-from training.stage1_cache import Encoded, normalize_by_speaker, prior_of, speaker_order
-from training.stage1_inputs import UttRef
+from training.stage1.cache import Encoded, normalize_by_speaker, prior_of, speaker_order
+from training.stage1.inputs import UttRef
 
 MU = np.zeros(3, np.float32)
 
@@ -91,9 +91,9 @@ def test_training_normalises_each_speaker_in_a_seeded_session_order() -> None:
 
 
 def test_a_checkpoint_carries_the_prior_to_the_service(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    from magtkd_stream.checkpoint import load_checkpoint, save_checkpoint
+    from magtkd_stream.model.checkpoint import load_checkpoint, save_checkpoint
     from magtkd_stream.config import load_config
-    from magtkd_stream.fusion import FusionModel
+    from magtkd_stream.model.fusion import FusionModel
     from magtkd_stream.labels import MELD_LABELS
 
     cfg = load_config("tiny")

@@ -18,10 +18,10 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from magtkd_stream.checkpoint import load_checkpoint  # noqa: E402
+from magtkd_stream.model.checkpoint import load_checkpoint  # noqa: E402
 from magtkd_stream.config import ConfigError, load_config  # noqa: E402
 from magtkd_stream.encoders import build_encoder  # noqa: E402
-from magtkd_stream.fusion import FusionModel  # noqa: E402
+from magtkd_stream.model.fusion import FusionModel  # noqa: E402
 from magtkd_stream.labels import MELD_LABELS  # noqa: E402
 from magtkd_stream.media import MediaSpan  # noqa: E402
 from training.data.types import Dataset, Dialogue, Utterance  # noqa: E402
@@ -115,7 +115,7 @@ class RowCounter:
 
 @pytest.fixture(scope="module")
 def text_teacher(data: Dataset, tmp_path_factory: pytest.TempPathFactory):
-    from training.stage1 import train_stage1
+    from training.stage1.train import train_stage1
 
     run = tmp_path_factory.mktemp("run_text")
     return train_stage1(_cfg("train.stage1.epochs=12"), data, "text", run=run, progress=False)
@@ -123,7 +123,7 @@ def text_teacher(data: Dataset, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def audio_ce(data: Dataset, tmp_path_factory: pytest.TempPathFactory):
-    from training.stage1 import train_stage1
+    from training.stage1.train import train_stage1
 
     return train_stage1(_cfg(), data, "audio", run=tmp_path_factory.mktemp("run_audio"), progress=False)
 
@@ -148,7 +148,7 @@ def test_text_teacher_beats_chance_and_checkpoint_fits_fusion(data: Dataset, tex
 
 
 def test_frozen_encoder_runs_once_per_utterance_and_caches_on_disk(data: Dataset, tmp_path: Path) -> None:
-    from training.stage1 import train_stage1
+    from training.stage1.train import train_stage1
 
     cfg = _cfg("train.stage1.epochs=3")
     usable = sum(1 for s in data.splits for u in data.utterances(s) if u.audio is not None)
@@ -170,7 +170,7 @@ def test_frozen_encoder_runs_once_per_utterance_and_caches_on_disk(data: Dataset
 
 
 def test_corrupt_clip_and_missing_audio_are_skipped_and_counted(data: Dataset, audio_ce, tmp_path: Path) -> None:
-    from training.stage1 import train_stage1
+    from training.stage1.train import train_stage1
 
     counts = audio_ce.metrics["counts"]["train"]
     assert counts["unreadable_clip"] == 1 and counts["absent"] == 1
@@ -184,7 +184,7 @@ def test_corrupt_clip_and_missing_audio_are_skipped_and_counted(data: Dataset, a
 
 
 def test_kd_student_uses_teacher_once_and_differs_from_ce(data: Dataset, text_teacher, audio_ce) -> None:
-    from training.stage1 import train_stage1
+    from training.stage1.train import train_stage1
 
     counter = RowCounter(text_teacher.model.encoder)
     kd = train_stage1(_cfg(), data, "audio", run=None, teacher=text_teacher.model, progress=False)
@@ -204,8 +204,8 @@ def test_kd_student_uses_teacher_once_and_differs_from_ce(data: Dataset, text_te
 
 
 def test_trainable_layers_change_only_the_chosen_params(data: Dataset, tmp_path: Path) -> None:
-    from training.stage1 import train_stage1
-    from training.stage1_state import build_seeded_encoder, load_stage1_model
+    from training.stage1.train import train_stage1
+    from training.stage1.state import build_seeded_encoder, load_stage1_model
 
     cfg = _cfg("train.stage1.epochs=2", "encoders.text.trainable_layers=1", "train.stage1.lr=0.003")
     before = {k: v.clone() for k, v in build_seeded_encoder("text", cfg).state_dict().items()}
@@ -228,8 +228,8 @@ def test_trainable_layers_change_only_the_chosen_params(data: Dataset, tmp_path:
 
 def test_face_crops_train_the_face_cnn_and_keep_its_batch_norm_statistics(tmp_path: Path) -> None:
     """FER2013-style 48x48 faces in Utterance.arrays feed the face CNN; trained stages keep their BN stats."""
-    from training.stage1 import train_stage1
-    from training.stage1_state import load_stage1_model
+    from training.stage1.train import train_stage1
+    from training.stage1.state import load_stage1_model
 
     rng = np.random.default_rng(2)
     splits = {}
@@ -263,7 +263,7 @@ def test_face_crops_train_the_face_cnn_and_keep_its_batch_norm_statistics(tmp_pa
 
 
 def test_resume_continues_from_the_saved_epoch(data: Dataset, tmp_path: Path) -> None:
-    from training.stage1 import train_stage1
+    from training.stage1.train import train_stage1
 
     first = train_stage1(_cfg("train.stage1.epochs=2"), data, "video", run=tmp_path, progress=False)
     resumed = train_stage1(_cfg("train.stage1.epochs=4"), data, "video", run=tmp_path, resume=True, progress=False)
@@ -274,9 +274,9 @@ def test_resume_continues_from_the_saved_epoch(data: Dataset, tmp_path: Path) ->
 
 
 def test_extract_writes_every_split_with_presence(data: Dataset, text_teacher, audio_ce, tmp_path: Path) -> None:
-    from training.extract import extract_features
-    from training.features import load_features, load_heads
-    from training.stage1 import train_stage1
+    from training.stage2.extract import extract_features
+    from training.stage2.features import load_features, load_heads
+    from training.stage1.train import train_stage1
 
     cfg = _cfg("train.stage1.epochs=1")
     video = train_stage1(cfg, data, "video", progress=False)
@@ -339,9 +339,9 @@ def _paired_npz(path: Path) -> Path:
 def test_stage2_asr_style_extracts_text_features_as_the_asr_writes(data: Dataset, text_teacher, tmp_path: Path) -> None:
     from dataclasses import replace
 
-    from training.features import load_features
+    from training.stage2.features import load_features
     from training.recipes import Stage1Set, extract_set
-    from training.transcript_style import asr_style
+    from training.stage1.transcript_style import asr_style
 
     typed = next(d for d in data.splits["dev"] if any("!" in u.text for u in d.utterances))
     heard = replace(typed, utterances=[replace(u, text=asr_style(u.text)) for u in typed.utterances])
@@ -361,7 +361,7 @@ def test_stage2_asr_style_extracts_text_features_as_the_asr_writes(data: Dataset
 
 
 def test_array_encoder_standardises_and_marks_missing_rows_absent() -> None:
-    from training.array_encoder import ArrayEncoder
+    from training.stage1.array_encoder import ArrayEncoder
 
     enc = ArrayEncoder("audio", "mfcc", 3, dim=4)
     enc.fit_inputs([np.array([1.0, 10.0, 5.0]), np.array([3.0, 30.0, 5.0])])
@@ -375,7 +375,7 @@ def test_array_encoder_standardises_and_marks_missing_rows_absent() -> None:
 
 
 def test_paired_kd_experiment_runs_on_a_small_file(tmp_path: Path) -> None:
-    from training.array_encoder import PairedSettings, run_paired_kd_experiment
+    from training.stage1.array_encoder import PairedSettings, run_paired_kd_experiment
 
     npz = _paired_npz(tmp_path / "paired.npz")
     report = run_paired_kd_experiment(npz, tmp_path / "out", seeds=(0, 1),
@@ -398,7 +398,7 @@ def _real_paired() -> Path:
 
 @pytest.mark.slow
 def test_paired_kd_experiment_on_the_real_file(tmp_path: Path) -> None:
-    from training.array_encoder import PairedSettings, run_paired_kd_experiment
+    from training.stage1.array_encoder import PairedSettings, run_paired_kd_experiment
 
     npz = _real_paired()
     if not npz.is_file():
@@ -411,7 +411,7 @@ def test_paired_kd_experiment_on_the_real_file(tmp_path: Path) -> None:
 def test_length_grouped_batches_hold_similar_lengths_in_random_order() -> None:
     import torch
 
-    from training.stage1 import length_grouped
+    from training.stage1.train import length_grouped
 
     lengths = [int(x) for x in np.random.default_rng(0).integers(1, 500, 256)]
     order = list(np.random.default_rng(1).permutation(256))
@@ -425,8 +425,8 @@ def test_length_grouped_batches_hold_similar_lengths_in_random_order() -> None:
 
 
 def test_text_teacher_trains_on_asr_style_turns_and_scores_dev_both_ways(data: Dataset) -> None:
-    from training.stage1 import train_stage1
-    from training.stage1_state import build_seeded_encoder
+    from training.stage1.train import train_stage1
+    from training.stage1.state import build_seeded_encoder
 
     cfg = _cfg("train.stage1.epochs=1", "encoders.text.trainable_layers=1", "train.stage1.asr_style_prob=1.0")
     encoder = build_seeded_encoder("text", cfg)
@@ -450,7 +450,7 @@ def test_text_teacher_trains_on_asr_style_turns_and_scores_dev_both_ways(data: D
 
 
 def test_augmented_copies_of_the_training_clips_join_the_audio_head_s_training(data: Dataset, tmp_path: Path) -> None:
-    from training.stage1 import train_stage1
+    from training.stage1.train import train_stage1
 
     plain = train_stage1(_cfg("train.stage1.epochs=1"), data, "audio", run=tmp_path / "plain", progress=False)
     cfg = _cfg("train.stage1.epochs=1", "train.augment_copies=2", "train.speaker_norm=2")

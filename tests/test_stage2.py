@@ -16,14 +16,14 @@ import numpy as np
 import pytest
 import torch
 
-import training.stage2 as stage2
-from magtkd_stream.checkpoint import load_checkpoint
+import training.stage2.train as stage2
+from magtkd_stream.model.checkpoint import load_checkpoint
 from magtkd_stream.config import Config, load_config
 from magtkd_stream.encoders.base import ModalityHead
-from magtkd_stream.fusion import FusionModel, SessionWindow
+from magtkd_stream.model.fusion import FusionModel, SessionWindow
 from magtkd_stream.labels import MELD_LABELS
-from magtkd_stream.magt import MAGT
-from training.features import (
+from magtkd_stream.model.magt import MAGT
+from training.stage2.features import (
     IGNORE_LABEL,
     DialogueFeatures,
     FeatureFileError,
@@ -36,7 +36,7 @@ from training.features import (
     speaker_ids,
 )
 from training.runs import RunFolder
-from training.stage2 import evaluate_stage2, train_stage2
+from training.stage2.train import evaluate_stage2, train_stage2
 
 
 DIM = 32
@@ -293,7 +293,7 @@ def test_resume_continues_from_the_saved_epoch(
 
 
 def test_served_dialogues_repeat_untouched_and_select_on_their_source() -> None:
-    from training.paired_dialogues import ComposeSettings
+    from training.stage2.paired_dialogues import ComposeSettings
 
     train = make_dialogues(6, "train", 3)
     served = [dataclasses.replace(d, source="served", did=f"served{i}") for i, d in enumerate(make_dialogues(2, "train", 4))]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from training.summary_table import score_rows, summary_table
+from training.studies.summary_table import score_rows, summary_table
 
 
 def test_every_scored_entry_is_a_row_and_nothing_else_is() -> None:

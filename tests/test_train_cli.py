@@ -22,9 +22,9 @@ import yaml
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from magtkd_stream.checkpoint import load_checkpoint  # noqa: E402
+from magtkd_stream.model.checkpoint import load_checkpoint  # noqa: E402
 from magtkd_stream.config import CONFIG_DIR, load_config  # noqa: E402
-from magtkd_stream.fusion import FusionModel  # noqa: E402
+from magtkd_stream.model.fusion import FusionModel  # noqa: E402
 from magtkd_stream.labels import IEMOCAP_LABELS, MELD_LABELS  # noqa: E402
 from training.cli import main  # noqa: E402
 from training.recipe_inputs import load_recipe  # noqa: E402

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from magtkd_stream.encoders.base import TextInput
-from training.transcript_style import TranscriptStyler, asr_style
+from training.stage1.transcript_style import TranscriptStyler, asr_style
 
 
 @pytest.mark.parametrize("typed, heard", [

@@ -7,7 +7,7 @@ import pytest
 
 from magtkd_stream.config import ConfigError
 from magtkd_stream.config import VADConfig
-from magtkd_stream.vad import Utterance, VADSegmenter
+from magtkd_stream.streaming.vad import Utterance, VADSegmenter
 from speech import speech_bounds, synth_speech
 
 pytest.importorskip("faster_whisper")

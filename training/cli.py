@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also leave-actors-out cross-validation over actors 01-20 (five folds of four actors)")
     p.add_argument("--augment", type=int, default=0, metavar="K",
                    help="with --folds: also fit on K augmented copies of each fit clip (gain, noise, room, speed, "
-                        "AAC; training/audio_augment.py) and score the same folds")
+                        "AAC; training/stage1/audio_augment.py) and score the same folds")
 
     p = sub.add_parser("parity", help="train/serve parity of the audio branch on RAVDESS actors; "
                                       "join their clips into one file for `magtkd-stream run`, or score its events")
@@ -191,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also score the --checkpoint's audio head on EmoDB clips in DIR (cross-corpus, German; "
                         "reported, never selected on)")
 
-    p = sub.add_parser("compose", help="synthetic multimodal conversations with cue labels (training/compose.py)")
+    p = sub.add_parser("compose", help="synthetic multimodal conversations with cue labels (training/devset/compose.py)")
     p.add_argument("--split", required=True, choices=("dev", "train"))
     p.add_argument("--data", type=Path, default=None, help="data root (meld/, ravdess/, fer2013/, faces_muxspace/; "
                                                            "default $MAGTKD_DATA)")
@@ -213,7 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
                                         "select and score on the dev identities")
     p.add_argument("--data", type=Path, default=None, help="data root holding fer2013/ and faces_muxspace/ (default $MAGTKD_DATA)")
     p.add_argument("--out", type=Path, required=True, help="folder for face_cnn.safetensors and face_tune.json")
-    p.add_argument("--epochs", type=int, default=None, help="default: training.face_tune.TuneSettings")
+    p.add_argument("--epochs", type=int, default=None, help="default: training.stage1.face_tune.TuneSettings")
     p.add_argument("--fer-limit", type=int, default=None, help="only the first N FER2013 train faces")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging on the console")
 
@@ -367,7 +367,7 @@ def _cmd_all(args: argparse.Namespace, cfg: Config, run: Any, ds: Any) -> dict[s
 def _cmd_stage1(args: argparse.Namespace, cfg: Config, run: Any, ds: Any) -> dict[str, Any]:
     from training.recipes import stage1_model
     from training.runs import seed_everything
-    from training.stage1_state import load_stage1_model
+    from training.stage1.state import load_stage1_model
 
     save_data_report(run, ds, args)
     teacher = None
@@ -399,7 +399,7 @@ def _prepare_stage2(args: argparse.Namespace, cfg: Config) -> list[Path]:
 
 def _cmd_stage2(args: argparse.Namespace, cfg: Config, run: Any, dirs: list[Path]) -> dict[str, Any]:
     from training.recipes import encoder_states_from_files, stage1_checkpoints, stream_checkpoint
-    from training.stage2 import train_stage2
+    from training.stage2.train import train_stage2
 
     summary = train_stage2(cfg, dirs or _feature_dirs(run.path), run, resume=args.resume)
     summary["checkpoint"] = str(stream_checkpoint(run, encoder_states_from_files(stage1_checkpoints(run))))
@@ -407,8 +407,8 @@ def _cmd_stage2(args: argparse.Namespace, cfg: Config, run: Any, dirs: list[Path
 
 
 def _cmd_evaluate(args: argparse.Namespace, run_dir: Optional[Path]) -> dict[str, Any]:
-    from magtkd_stream.checkpoint import load_checkpoint
-    from training.features import features_path
+    from magtkd_stream.model.checkpoint import load_checkpoint
+    from training.stage2.features import features_path
     from training.recipes import STREAM_CHECKPOINT, evaluate_checkpoint
 
     ckpt = args.checkpoint
@@ -435,12 +435,12 @@ def _cmd_evaluate(args: argparse.Namespace, run_dir: Optional[Path]) -> dict[str
 
 def _cmd_text_style(args: argparse.Namespace) -> dict[str, Any]:
     """Typed vs ASR-style scores of a checkpoint's text teacher: how much it leans on punctuation the ASR drops."""
-    from magtkd_stream.checkpoint import load_checkpoint
+    from magtkd_stream.model.checkpoint import load_checkpoint
     from training.data import load_meld
     from training.metrics import compute_metrics
-    from training.stage1 import predict_stage1
-    from training.stage1_state import load_stage1_model
-    from training.transcript_style import TranscriptStyler
+    from training.stage1.train import predict_stage1
+    from training.stage1.state import load_stage1_model
+    from training.stage1.transcript_style import TranscriptStyler
 
     _exists(args.checkpoint, "--checkpoint", "file")
     try:
@@ -474,7 +474,7 @@ def _prepare_paired(args: argparse.Namespace, cfg: Config) -> Path:
 
 
 def _cmd_paired(args: argparse.Namespace, cfg: Config, run: Any, npz: Path) -> dict[str, Any]:
-    from training.array_encoder import PairedSettings, paired_summary_lines, run_paired_kd_experiment
+    from training.stage1.array_encoder import PairedSettings, paired_summary_lines, run_paired_kd_experiment
 
     settings = PairedSettings() if args.epochs is None else PairedSettings(epochs=args.epochs)
     report = run_paired_kd_experiment(npz, run.path, seeds=args.seeds, w_soft=args.w_soft, w_feat=args.w_feat,
@@ -530,7 +530,7 @@ def _prepare_ravdess_audio(args: argparse.Namespace, cfg: Config) -> Path:
 
 
 def _cmd_ravdess_audio(args: argparse.Namespace, cfg: Config, run: Any, folder: Path) -> dict[str, Any]:
-    from training.ravdess_audio import run_ravdess_audio, summary_lines
+    from training.studies.ravdess_audio import run_ravdess_audio, summary_lines
 
     if args.augment < 0 or (args.augment and not args.folds):
         raise UsageError("ravdess-audio: --augment K needs --folds and K >= 0")
@@ -559,7 +559,7 @@ def _prepare_parity(args: argparse.Namespace, cfg: Config) -> Path:
 
 
 def _cmd_parity(args: argparse.Namespace, cfg: Config, run: Any, folder: Path) -> dict[str, Any]:
-    from training.parity import join_clips, run_emodb, run_parity, score_joined
+    from training.studies.parity import join_clips, run_emodb, run_parity, score_joined
 
     report: dict[str, Any] = {}
     if args.join is not None:
@@ -577,7 +577,7 @@ def _cmd_parity(args: argparse.Namespace, cfg: Config, run: Any, folder: Path) -
 
 
 def _cmd_compose(args: argparse.Namespace) -> dict[str, Any]:
-    from training.compose import compose
+    from training.devset.compose import compose
 
     root = _data_root(args)
     if root is None:
@@ -595,7 +595,7 @@ def _cmd_compose(args: argparse.Namespace) -> dict[str, Any]:
 def _cmd_face_cnn(args: argparse.Namespace) -> dict[str, Any]:
     from dataclasses import replace
 
-    from training.face_tune import TuneSettings, run_face_tune
+    from training.stage1.face_tune import TuneSettings, run_face_tune
 
     root = _data_root(args)
     if root is None:
@@ -617,7 +617,7 @@ def _cmd_face_cnn(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_faces(args: argparse.Namespace) -> dict[str, Any]:
-    from training.face_detection import composition_hits, photo_hits
+    from training.studies.face_detection import composition_hits, photo_hits
 
     root = _data_root(args)
     if root is None:
@@ -634,7 +634,7 @@ def _cmd_faces(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _cmd_score_dev(args: argparse.Namespace) -> dict[str, Any]:
-    from training.score_dev import score_dev, table
+    from training.devset.score_dev import score_dev, table
 
     _exists(args.dev, "--dev")
     if not (args.dev / "manifest.json").is_file():

@@ -31,12 +31,12 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from magtkd_stream.checkpoint import load_checkpoint
+from magtkd_stream.model.checkpoint import load_checkpoint
 from magtkd_stream.config import Config, config_to_dict
-from magtkd_stream.magt import MAGT
+from magtkd_stream.model.magt import MAGT
 from training.data import load_fer2013, load_meld, load_ravdess_speech
 from training.data.types import Dataset
-from training.features import MODALITIES, choose_feature_kinds, features_path, load_features
+from training.stage2.features import MODALITIES, choose_feature_kinds, features_path, load_features
 from training.metrics import compute_metrics
 from training.recipe_inputs import Limits, dataset_counts, subsample
 from training.recipes import (
@@ -52,8 +52,8 @@ from training.recipes import (
     write_report,
 )
 from training.runs import RunFolder
-from training.stage1 import Stage1Result
-from training.summary_table import write_summary_table
+from training.stage1.train import Stage1Result
+from training.studies.summary_table import write_summary_table
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def override_demo(checkpoint: Path, features_file: Path, window: int) -> dict[st
     counts utterances where the text-only prediction is wrong and the fused one
     right; `override_rate` divides it by the utterances the text alone gets wrong.
     """
-    from training.stage2 import predict
+    from training.stage2.train import predict
 
     ck = load_checkpoint(checkpoint)
     dialogues, meta = load_features(features_file)
@@ -173,7 +173,7 @@ def run_lite(
     outputs whose recorded vectors stage 2 trains (train) or selects (dev) on;
     they need the checkpoint that computed them as text_from or stage1_from.
     """
-    from training.stage2 import train_stage2
+    from training.stage2.train import train_stage2
 
     limits, stage2_limits = limits or Limits(), stage2_limits or Limits()
     times: dict[str, float] = {}
@@ -277,7 +277,7 @@ def reuse_stage1(checkpoint: Path, cfg: Config, run: RunFolder,
     vectors the service computed with a checkpoint (`--served`) must read them
     through that checkpoint's heads.
     """
-    from magtkd_stream.checkpoint import save_checkpoint
+    from magtkd_stream.model.checkpoint import save_checkpoint
 
     ck = load_checkpoint(checkpoint, expect_labels=_labels(cfg), expect_profile=cfg.profile)
     dims = ck.extra.get("encoder_dims") or {}
@@ -317,10 +317,10 @@ def _vector_settings(section: Any) -> dict[str, Any]:
 def served_features(served: Sequence[Path], checkpoint: Path, cfg: Config, run: RunFolder,
                     models: Mapping[str, Stage1Result]) -> list[Path]:
     """Features folders (one per served run) of stage-2 dialogues made of what the service computed."""
-    from magtkd_stream.checkpoint import model_id
-    from magtkd_stream.vector_tap import load_vectors
-    from training.features import save_features
-    from training.served import served_dialogues
+    from magtkd_stream.model.checkpoint import model_id
+    from magtkd_stream.streaming.vector_tap import load_vectors
+    from training.stage2.features import save_features
+    from training.stage2.served import served_dialogues
 
     digest = model_id(str(checkpoint), cfg.profile).rsplit("@", 1)[1]
     kinds = {m: m for m in MODALITIES}

@@ -24,20 +24,20 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
-from magtkd_stream.checkpoint import load_checkpoint, save_checkpoint
+from magtkd_stream.model.checkpoint import load_checkpoint, save_checkpoint
 from magtkd_stream.config import Config, config_to_dict
 from magtkd_stream.encoders.base import UtteranceModel
 from magtkd_stream.names import MODALITIES
 from training.data.types import Dataset
-from training.features import DialogueFeatures, features_path, save_features, split_into_dialogues
+from training.stage2.features import DialogueFeatures, features_path, save_features, split_into_dialogues
 from training.recipe_inputs import Limits, dataset_counts, pick, subsample
 from training.runs import RunFolder, seed_everything
-from training.stage1 import Stage1Result, Stage1Settings, train_stage1
-from training.stage1_cache import Encoded, apply_head, cached_backbone, normalize_by_speaker
-from training.stage1_inputs import InputProblems, has_input, split_refs
-from training.stage1_state import load_stage1_model, trainable_encoder_state
-from training.summary_table import write_summary_table
-from training.transcript_style import asr_style_dataset
+from training.stage1.train import Stage1Result, Stage1Settings, train_stage1
+from training.stage1.cache import Encoded, apply_head, cached_backbone, normalize_by_speaker
+from training.stage1.inputs import InputProblems, has_input, split_refs
+from training.stage1.state import load_stage1_model, trainable_encoder_state
+from training.studies.summary_table import write_summary_table
+from training.stage1.transcript_style import asr_style_dataset
 
 logger = logging.getLogger(__name__)
 
@@ -132,7 +132,7 @@ def stage1_checkpoints(run: RunFolder) -> dict[str, Path]:
 # ----------------------------------------------------------------------- extraction
 def stage1_speaker_norm(stage1: Stage1Set) -> dict[str, Any]:
     """modality -> SpeakerNormalizer of the stage-1 models trained on speaker-normalised vectors."""
-    from magtkd_stream.speaker_norm import SpeakerNormalizer
+    from magtkd_stream.model.speaker_norm import SpeakerNormalizer
 
     out: dict[str, Any] = {}
     for m, r in stage1.plain.items():
@@ -194,11 +194,11 @@ def extract_set(
 
     With a cache folder, backbone vectors come from the stage-1 cache (its key
     holds a checksum of the weights, so fine-tuned encoders get their own
-    entries); otherwise training.extract.extract_features encodes every utterance.
+    entries); otherwise training.stage2.extract.extract_features encodes every utterance.
     keep: at most this many dialogues per split go into the files (stage 2's
     share of a large source); the choice is the same seeded one `subsample` makes.
     With `train.stage2.asr_style` every transcript is first rewritten as the ASR
-    writes it (training/transcript_style.py), so MAGT learns the text the service feeds it.
+    writes it (training/stage1/transcript_style.py), so MAGT learns the text the service feeds it.
     """
     if cfg.train.stage2.asr_style:
         dataset = asr_style_dataset(dataset)
@@ -209,7 +209,7 @@ def extract_set(
     keep = keep or Limits()
     norms = stage1_speaker_norm(stage1)
     if cache_dir is None:
-        from training.extract import extract_features
+        from training.stage2.extract import extract_features
 
         if norms:
             raise ValueError("train.speaker_norm: features of speaker-normalised heads are extracted from the "
@@ -300,7 +300,7 @@ def evaluate_checkpoint(
     cfg: Config, checkpoint: Path, features_file: Path | Sequence[Path], windows: Sequence[int],
 ) -> dict[str, Any]:
     """Scores of a streaming checkpoint on one features file (or the union of several), per window (0 = full)."""
-    from training.stage2 import evaluate_stage2
+    from training.stage2.train import evaluate_stage2
 
     ck = load_checkpoint(checkpoint)
     out = {}
@@ -331,7 +331,7 @@ def run_standard(
     extra_report: Optional[Mapping[str, Any]] = None,
 ) -> dict[str, Any]:
     """Stage 1 -> extract -> stage 2 -> evaluate on one dataset; returns (and writes) the run report."""
-    from training.stage2 import train_stage2
+    from training.stage2.train import train_stage2
 
     times: dict[str, float] = {}
     report: dict[str, Any] = {"recipe": "standard", "dataset": dataset.name, "labels": list(dataset.labels),

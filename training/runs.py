@@ -7,7 +7,7 @@ Layout of runs/<name>-<YYYYmmdd-HHMMSS>/:
     metrics/<name>.json  scores (history, dev per window, test)
     figures/<name>.png   confusion matrices
     checkpoints/last[-tag].pt             resume state: model, optimizer, scheduler, RNG, epoch
-    checkpoints/best[-tag].safetensors    the selected model (magtkd_stream.checkpoint format)
+    checkpoints/best[-tag].safetensors    the selected model (magtkd_stream.model.checkpoint format)
 Also the small pieces every entry point needs: seeding, logging set-up and progress bars.
 """
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Optional, Union
 
 from magtkd_stream.config.checks import ConfigError
-from magtkd_stream.protocol import MAX_JSON_DEPTH, MAX_STRING_CHARS, SAMPLE_RATES
+from magtkd_stream.wire.protocol import MAX_JSON_DEPTH, MAX_STRING_CHARS, SAMPLE_RATES
 
 TOKENS_ENV = "MAGTKD_TOKENS"
 ROLES: tuple[str, ...] = ("publish", "subscribe", "admin")

@@ -86,7 +86,7 @@ class Stage2Config(StageConfig):
     windows: list[int] = field(default_factory=lambda: [0, 2, 4, 8])  # dev windows reported; 0 = full context
     train_window: Optional[int] = None  # context MAGT trains with; None = magt.window; 0 = full context
     select_metric: str = "weighted_f1"  # dev metric that picks the epoch (never test)
-    pair_prob: float = 0.0  # lend absent modalities from same-class utterances of other sources (training/pairing.py)
+    pair_prob: float = 0.0  # lend absent modalities from same-class utterances of other sources (training/stage2/pairing.py)
     pair_agree: float = 0.5  # share of lent vectors that come from the utterance's own class
     pair_prob_by: dict[str, float] = field(default_factory=dict)  # per lent modality, overrides pair_prob
     pair_agree_by: dict[str, float] = field(default_factory=dict)  # per lent modality, overrides pair_agree
@@ -148,15 +148,15 @@ class TrainConfig:
 
     stage1: Stage1Config = field(default_factory=Stage1Config)
     stage2: Stage2Config = field(default_factory=Stage2Config)
-    # Audio cut by the service's VAD before it is encoded (training/stage1_inputs.py: served_clip), so the
+    # Audio cut by the service's VAD before it is encoded (training/stage1/inputs.py: served_clip), so the
     # vectors a head trains on are the ones the service computes. Off for synthetic non-speech audio.
     vad_audio: bool = False
-    # Per-speaker running normalisation of the audio vector (magtkd_stream/speaker_norm.py): the prior
+    # Per-speaker running normalisation of the audio vector (magtkd_stream/model/speaker_norm.py): the prior
     # counts for this many utterances; 0 = off. The heads train on normalised vectors and the
     # checkpoint carries the prior, so the service normalises each session's speakers the same way.
     speaker_norm: float = 0.0
     # Augmented copies of each training speech clip for a frozen audio backbone's head (gain, noise, room,
-    # speed, AAC; training/audio_augment.py), each copy a session of its own for speaker_norm; 0 = off.
+    # speed, AAC; training/stage1/audio_augment.py), each copy a session of its own for speaker_norm; 0 = off.
     augment_copies: int = 0
 
     def __post_init__(self) -> None:

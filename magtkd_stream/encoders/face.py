@@ -220,7 +220,7 @@ def build_face_cnn(cfg: VideoEncoderConfig) -> MiniXception:
     raise ValueError(
         f"encoders.video.model {cfg.model!r} is not usable with kind 'face_cnn'; accepted: "
         "'asset:face_cnn.safetensors' (the packaged weights), a path to a .safetensors file written by "
-        "training.convert_face_cnn, or random_init: {} for random weights"
+        "training.studies.convert_face_cnn, or random_init: {} for random weights"
     )
 
 

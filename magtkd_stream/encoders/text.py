@@ -1,7 +1,7 @@
 """Prompted text encoder (the MAGTKD text teacher): hidden state at the prompt's mask token.
 
 Each utterance is encoded together with its dialogue context as
-"C_k <sep> For s_k: t_k Now s_k feels <mask>" (see magtkd_stream.prompt); the
+"C_k <sep> For s_k: t_k Now s_k feels <mask>" (see magtkd_stream.model.prompt); the
 vector is the encoder's last hidden state at the mask. Batches are right-padded
 with an attention mask so an utterance's vector never depends on its batch mates.
 """
@@ -16,7 +16,7 @@ import torch
 from magtkd_stream.config import TextEncoderConfig
 from magtkd_stream.encoders.base import Encoder, EncoderOutput, TextInput
 from magtkd_stream.encoders.hf_common import build_hf_model, freeze_all_but_top
-from magtkd_stream.prompt import build_prompt_segments
+from magtkd_stream.model.prompt import build_prompt_segments
 from magtkd_stream.resources import resolve_model
 
 logger = logging.getLogger(__name__)

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Optional, Sequence
 import numpy as np
 import torch
 
-from magtkd_stream.asr import (
+from magtkd_stream.streaming.asr import (
     DEFAULT_SILENCE_RMS,
     WhisperASR,
     encoder_frames,

@@ -1,0 +1,431 @@
+"""Per-session event bus: sequence numbers, a bounded replay buffer, and bounded subscriber queues.
+
+Every event of a session gets the next seq (1, 2, 3, ...) and is kept in a
+replay buffer of the last N events, so a subscriber that reconnects with the
+last seq it saw receives exactly what it missed, or an explicit gap notice when
+the buffer no longer holds it. publish() never blocks: a subscriber whose queue
+is full is dropped with a reason instead of slowing the pipeline or anyone else.
+
+All methods run on one asyncio event loop thread; subscribe() is synchronous,
+so taking the replay snapshot and joining the live stream happen with no event
+published in between: no duplicates and no reordering across the boundary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Optional, Union
+
+from magtkd_stream.wire.protocol import ProtocolError, control, dumps, validate_event
+
+log = logging.getLogger(__name__)
+
+ALL = "*"
+
+
+def visible(reader: Optional[str], owner: Optional[str]) -> bool:
+    """May a subscriber of tenant `reader` read a session of tenant `owner`? None: every tenant / no tenant."""
+    return reader is None or owner is None or reader == owner
+
+
+@dataclass(frozen=True)
+class BusEvent:
+    """One published event; `text` is its JSON, encoded once and shared by every subscriber."""
+
+    session: str
+    seq: int
+    data: dict[str, Any]
+    text: str
+
+
+@dataclass(frozen=True)
+class GapNotice:
+    """Events from_seq..to_seq of a session were asked for but are no longer in the replay buffer."""
+
+    session: str
+    from_seq: int
+    to_seq: int
+    reason: str
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return control("gap", session=self.session, from_seq=self.from_seq, to_seq=self.to_seq, reason=self.reason)
+
+    @property
+    def text(self) -> str:
+        return dumps(self.data)
+
+
+BusItem = Union[BusEvent, GapNotice]
+
+
+class SubscriptionDropped(Exception):
+    """The subscriber fell too far behind; `reason` says why (sent to the client before closing)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class Subscription:
+    """What one subscriber receives: replayed items first, then live events, each session in seq order."""
+
+    def __init__(
+        self, bus: "EventBus", session: str, maxsize: int, replay: list[BusItem], tenant: Optional[str] = None
+    ) -> None:
+        self.bus = bus
+        self.session = session
+        self.tenant = tenant  # None: reads every tenant's sessions
+        self.refusal: Optional[ProtocolError] = None  # set when the bus refused it rather than dropped it
+        self._replay: deque[BusItem] = deque(replay)
+        self._queue: asyncio.Queue[BusEvent] = asyncio.Queue(maxsize)
+        self._last: dict[str, int] = {}
+        self._dropped = asyncio.Event()
+        self.dropped_reason: Optional[str] = None
+        self.closed = False
+
+    def _offer(self, event: BusEvent) -> bool:
+        """Queue a live event without waiting; False when the queue is full (the bus then drops us)."""
+        try:
+            self._queue.put_nowait(event)
+            return True
+        except asyncio.QueueFull:
+            return False
+
+    def _drop(self, reason: str, refusal: Optional[ProtocolError] = None) -> None:
+        self.refusal = refusal
+        self.dropped_reason = reason
+        self.closed = True
+        self._dropped.set()
+
+    @property
+    def pending(self) -> int:
+        """Items waiting to be delivered (replay plus live queue)."""
+        return len(self._replay) + self._queue.qsize()
+
+    def _fresh(self, item: BusItem) -> bool:
+        if isinstance(item, GapNotice):
+            return True
+        if item.seq == 1:  # a session_start: the id may be reused after the bus forgot an old session
+            self._last.pop(item.session, None)
+        if item.seq <= self._last.get(item.session, 0):
+            return False  # already delivered; cannot happen by construction, guarded anyway
+        self._last[item.session] = item.seq
+        return True
+
+    def get_nowait(self) -> Optional[BusItem]:
+        """The next item if one is ready, else None."""
+        if self.dropped_reason is not None:
+            raise SubscriptionDropped(self.dropped_reason)
+        while self._replay:
+            item = self._replay.popleft()
+            if self._fresh(item):
+                return item
+        while not self._queue.empty():
+            item = self._queue.get_nowait()
+            if self._fresh(item):
+                return item
+        return None
+
+    async def get(self) -> BusItem:
+        """Wait for the next item; raises SubscriptionDropped once the subscriber has been dropped."""
+        while True:
+            item = self.get_nowait()
+            if item is not None:
+                return item
+            getter = asyncio.ensure_future(self._queue.get())
+            dropped = asyncio.ensure_future(self._dropped.wait())
+            try:
+                done, _ = await asyncio.wait({getter, dropped}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                dropped.cancel()
+                if not getter.done():
+                    getter.cancel()
+            if getter.done() and not getter.cancelled():
+                event = getter.result()
+                if self.dropped_reason is None and self._fresh(event):
+                    return event
+            if self.dropped_reason is not None:
+                raise SubscriptionDropped(self.dropped_reason)
+
+    def __aiter__(self) -> "Subscription":
+        return self
+
+    async def __anext__(self) -> BusItem:
+        return await self.get()
+
+    async def wait_dropped(self) -> str:
+        """Return the reason once the bus drops this subscriber."""
+        await self._dropped.wait()
+        return self.dropped_reason or "dropped"
+
+    def close(self) -> None:
+        """Leave the bus (the subscriber disconnected)."""
+        self.bus.unsubscribe(self)
+
+
+@dataclass
+class _SessionLog:
+    state: str = "pending"  # pending (only subscribers waiting) -> live -> ended
+    seq: int = 0
+    buffer: deque = field(default_factory=deque)
+    subscribers: set = field(default_factory=set)
+    ended_at: float = 0.0
+    tenant: Optional[str] = None  # who started it; None: no tenant (visible to all, e.g. the server's own mic)
+
+    @property
+    def first_seq(self) -> int:
+        return self.buffer[0].seq if self.buffer else self.seq + 1
+
+
+class EventBus:
+    """Sequencing, replay and fan-out of events for every session of one server.
+
+    replay_buffer: events kept per session for resume. subscriber_queue: live events a subscriber
+    may have waiting before it is dropped. ended_sessions_kept / ended_session_ttl_s: how many
+    ended sessions (and for how long) stay available for late resumes.
+    """
+
+    def __init__(
+        self,
+        replay_buffer: int = 1024,
+        subscriber_queue: int = 256,
+        ended_sessions_kept: int = 256,
+        ended_session_ttl_s: float = 600.0,
+        validate: bool = True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if replay_buffer < 1 or subscriber_queue < 1:
+            raise ValueError(
+                f"replay_buffer and subscriber_queue must be >= 1, got {replay_buffer}, {subscriber_queue}"
+            )
+        if ended_sessions_kept < 0 or ended_session_ttl_s < 0:
+            raise ValueError("ended_sessions_kept and ended_session_ttl_s must be >= 0")
+        self.replay_buffer = replay_buffer
+        self.subscriber_queue = subscriber_queue
+        self.ended_sessions_kept = ended_sessions_kept
+        self.ended_session_ttl_s = ended_session_ttl_s
+        self.validate = validate
+        self._clock = clock
+        self._logs: dict[str, _SessionLog] = {}
+        self._ended: OrderedDict[str, None] = OrderedDict()  # ended sessions, oldest first
+        self._all: set[Subscription] = set()
+        self.dropped_count = 0
+        self.observers: list[Callable[[BusEvent], None]] = []  # told of every published event (metrics)
+
+    # ------------------------------------------------------------ sessions
+
+    def state(self, session: str) -> Optional[str]:
+        """ "live", "ended", or None for a session the bus does not know (or only has waiting subscribers for)."""
+        self._expire()
+        log_ = self._logs.get(session)
+        return None if log_ is None or log_.state == "pending" else log_.state
+
+    def sessions(self, tenant: Optional[str] = None) -> dict[str, dict[str, Any]]:
+        """Known sessions (of `tenant` only, unless None) with their state and the seq range still replayable."""
+        self._expire()
+        return {
+            name: {"state": lg.state, "first_seq": lg.first_seq, "last_seq": lg.seq}
+            for name, lg in self._logs.items()
+            if lg.state != "pending" and visible(tenant, lg.tenant)
+        }
+
+    def tenant_of(self, session: str) -> Optional[str]:
+        lg = self._logs.get(session)
+        return None if lg is None else lg.tenant
+
+    def check_new_session(self, session: str) -> None:
+        """Raise ProtocolError session_taken unless `session` may be started now."""
+        self._expire()
+        state = self.state(session)
+        if state == "live":
+            raise ProtocolError("session_taken", f"session {session!r} already has a live publisher; pick another id")
+        if state == "ended":
+            raise ProtocolError(
+                "session_taken",
+                f"session {session!r} already ran and ended; session ids are single-use, pick a new one",
+            )
+
+    def start_session(self, session: str, event: Mapping[str, Any], tenant: Optional[str] = None) -> int:
+        """Mark a session live (owned by `tenant`) and publish its session_start event (seq 1).
+
+        Session ids are single-use while remembered: a live or ended id raises session_taken.
+        Subscribers of another tenant that were waiting for this id are refused with forbidden.
+        """
+        self.check_new_session(session)
+        lg = self._logs.get(session)
+        if event.get("type") != "session_start":
+            raise ValueError(f"start_session needs a session_start event, got {event.get('type')!r}")
+        if lg is None:
+            lg = self._logs[session] = _SessionLog()
+        lg.state = "live"
+        lg.tenant = tenant
+        lg.buffer = deque(maxlen=self.replay_buffer)
+        for sub in [s for s in lg.subscribers if not visible(s.tenant, tenant)]:
+            reason = f"session {session!r} was opened by another tenant; this token reads only its own tenant's sessions"
+            self._drop(sub, reason, ProtocolError("forbidden", reason))
+        return self._publish(session, lg, event)
+
+    def end_session(self, session: str, event: Mapping[str, Any]) -> int:
+        """Publish the session_end event and mark the session ended (kept for late resumes)."""
+        lg = self._live(session)
+        if event.get("type") != "session_end":
+            raise ValueError(f"end_session needs a session_end event, got {event.get('type')!r}")
+        seq = self._publish(session, lg, event)
+        lg.state = "ended"
+        lg.ended_at = self._clock()
+        self._ended[session] = None
+        self._expire()
+        return seq
+
+    def publish(self, session: str, event: Mapping[str, Any]) -> int:
+        """Assign the next seq, keep the event for replay, fan it out; never blocks. Returns the seq.
+
+        Raises ValueError for an event of another session, a session that is not live, or (with
+        validate=True) an event that breaks its schema, naming the field.
+        """
+        kind = event.get("type")
+        if kind in ("session_start", "session_end"):
+            raise ValueError(f"{kind} is published by start_session/end_session, not publish()")
+        return self._publish(session, self._live(session), event)
+
+    def _live(self, session: str) -> _SessionLog:
+        lg = self._logs.get(session)
+        if lg is None or lg.state != "live":
+            state = "unknown" if lg is None or lg.state == "pending" else lg.state
+            raise ValueError(f"cannot publish to session {session!r}: it is {state}, not live")
+        return lg
+
+    def _publish(self, session: str, lg: _SessionLog, event: Mapping[str, Any]) -> int:
+        if event.get("session") != session:
+            raise ValueError(f"event for session {event.get('session')!r} published to session {session!r}")
+        data = {"type": event.get("type"), "version": event.get("version"), "session": session, "seq": lg.seq + 1}
+        data.update((k, v) for k, v in event.items() if k not in data)
+        if self.validate:
+            validate_event(data)
+        lg.seq += 1
+        item = BusEvent(session, lg.seq, data, dumps(data))
+        lg.buffer.append(item)
+        for sub in list(lg.subscribers) + [s for s in self._all if visible(s.tenant, lg.tenant)]:
+            if not sub._offer(item):
+                self._drop(
+                    sub,
+                    f"subscriber queue full ({self.subscriber_queue} events waiting): the client reads too slowly; "
+                    "reconnect with resume to catch up from the replay buffer",
+                )
+        for observe in self.observers:
+            try:
+                observe(item)
+            except Exception:  # an observer's bug must not cost the event
+                log.exception("event observer failed on %s seq %d", session, lg.seq)
+        return lg.seq
+
+    def _expire(self) -> None:
+        now = self._clock()
+        while self._ended:
+            name = next(iter(self._ended))
+            lg = self._logs.get(name)
+            too_many = len(self._ended) > self.ended_sessions_kept
+            too_old = lg is None or now - lg.ended_at > self.ended_session_ttl_s
+            if not (too_many or too_old):
+                break
+            del self._ended[name]
+            if lg is not None:
+                log.debug("forgetting ended session %s (seq %d)", name, lg.seq)
+                # Subscribers still attached keep their queues; the log itself goes.
+                for sub in list(lg.subscribers):
+                    lg.subscribers.discard(sub)
+                del self._logs[name]
+
+    # ------------------------------------------------------------ subscribers
+
+    def subscribe(
+        self, session: str, resume: Optional[Mapping[str, int]] = None, tenant: Optional[str] = None
+    ) -> Subscription:
+        """Subscribe to one session (live, ended, or not yet started) or to ALL ("*").
+
+        resume None: live events from now on. resume {session: last_seq}: events after last_seq
+        first (a GapNotice where the buffer no longer has them), then live. With "*", known
+        sessions missing from resume replay from their start. Resuming an unknown session raises
+        ProtocolError unknown_session; a last_seq beyond the newest event raises bad_message.
+        tenant (None: all): only sessions of that tenant are delivered; naming another tenant's known
+        session, or resuming it, raises ProtocolError forbidden.
+        """
+        self._expire()
+        replay: list[BusItem] = []
+        for name in {session, *(resume or {})} - {ALL}:
+            lg = self._logs.get(name)
+            if lg is not None and lg.state != "pending" and not visible(tenant, lg.tenant):
+                raise ProtocolError(
+                    "forbidden",
+                    f"session {name!r} belongs to another tenant; this token reads only its own tenant's sessions",
+                )
+        if resume is not None:
+            for name, last in resume.items():
+                lg = self._logs.get(name)
+                if lg is None or lg.state == "pending":
+                    raise ProtocolError(
+                        "unknown_session",
+                        f"cannot resume session {name!r}: this server does not know it (it never ran here, or it "
+                        f"ended more than {self.ended_session_ttl_s:g} s / {self.ended_sessions_kept} sessions ago)",
+                    )
+                if last > lg.seq:
+                    raise ProtocolError(
+                        "bad_message",
+                        f"resume: last_seq {last} for session {name!r} is ahead of its newest event {lg.seq}",
+                    )
+            if session == ALL:
+                names = [n for n, lg in self._logs.items() if lg.state != "pending" and visible(tenant, lg.tenant)]
+            else:
+                names = [session] if session in resume else []
+            for name in names:
+                replay.extend(self._replay_items(name, resume.get(name, 0)))
+        sub = Subscription(self, session, self.subscriber_queue, replay, tenant)
+        if session == ALL:
+            self._all.add(sub)
+        else:
+            self._logs.setdefault(session, _SessionLog()).subscribers.add(sub)
+        return sub
+
+    def _replay_items(self, session: str, last: int) -> list[BusItem]:
+        lg = self._logs[session]
+        items: list[BusItem] = []
+        first = lg.first_seq
+        if last + 1 < first:
+            items.append(
+                GapNotice(
+                    session,
+                    last + 1,
+                    first - 1,
+                    f"the replay buffer keeps the last {self.replay_buffer} events per session; "
+                    f"events {last + 1}..{first - 1} are gone",
+                )
+            )
+        items.extend(e for e in lg.buffer if e.seq > last)
+        return items
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        sub.closed = True
+        self._all.discard(sub)
+        if sub.session != ALL:
+            lg = self._logs.get(sub.session)
+            if lg is not None:
+                lg.subscribers.discard(sub)
+                if lg.state == "pending" and not lg.subscribers:
+                    del self._logs[sub.session]
+
+    def _drop(self, sub: Subscription, reason: str, refusal: Optional[ProtocolError] = None) -> None:
+        if sub.dropped_reason is not None:
+            return
+        if refusal is None:
+            log.warning("dropping subscriber of %s: %s", sub.session, reason)
+            self.dropped_count += 1
+        sub._drop(reason, refusal)
+        self.unsubscribe(sub)
+
+    def subscriber_count(self) -> int:
+        return len(self._all) + sum(len(lg.subscribers) for lg in self._logs.values())

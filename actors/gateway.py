@@ -25,6 +25,7 @@ from actors.gateway_publisher import PublisherSession
 from magtkd_stream.wire.bus import ALL, EventBus, Subscription, SubscriptionDropped
 from magtkd_stream.config import ConfigError, GatewayConfig
 from magtkd_stream.config.gateway import TOKENS_ENV
+from magtkd_stream.wire.events import control, dumps, error_message
 from magtkd_stream.wire.protocol import (
     CLOSE_DROPPED,
     CLOSE_SHUTDOWN,
@@ -34,9 +35,6 @@ from magtkd_stream.wire.protocol import (
     ProtocolError,
     PublisherHello,
     SubscriberHello,
-    control,
-    dumps,
-    error_message,
     parse_client_text,
 )
 

@@ -18,16 +18,13 @@ from typing import TYPE_CHECKING, Optional
 from websockets.exceptions import ConnectionClosed
 
 from actors.gateway_inbound import END, Inbound, InboundQueue, RateLimiter, Throttle, check_jpeg_header, decode_jpeg
+from magtkd_stream.wire.events import control, dumps, make_session_end, make_session_start
 from magtkd_stream.wire.protocol import (
     AudioChunk,
     EndMessage,
     PingMessage,
     ProtocolError,
     PublisherHello,
-    control,
-    dumps,
-    make_session_end,
-    make_session_start,
     parse_binary,
     parse_client_text,
 )

@@ -20,7 +20,7 @@ from typing import Any, Optional
 from magtkd_stream.wire.bus import EventBus
 from magtkd_stream.devices import Camera, DeviceError, Microphone
 from magtkd_stream.names import SAMPLE_RATE
-from magtkd_stream.wire.protocol import make_session_end, make_session_start
+from magtkd_stream.wire.events import make_session_end, make_session_start
 
 log = logging.getLogger(__name__)
 

@@ -32,7 +32,8 @@ from typing import Any, Iterator, Optional, Sequence
 
 import numpy as np
 
-from actors.bench import DEFAULT_MEDIA, Message, RssSampler, SessionRun, client_messages, run_session
+from actors.bench import DEFAULT_MEDIA, Message, SessionRun, client_messages, run_session
+from actors.bench_probes import RssSampler
 from actors.gateway import Gateway
 from actors.pipeline import Pipeline
 from actors.serve import gateway_config

@@ -13,6 +13,7 @@ from typing import Any, Iterator, Mapping, Optional
 
 import numpy as np
 
+from magtkd_stream.wire import events
 from magtkd_stream.wire import protocol
 from magtkd_stream.names import SAMPLE_RATE
 
@@ -29,7 +30,7 @@ def publisher_hello(
                            "role": "publisher", "session": session, "sample_rate": int(sample_rate), "video": bool(video)}
     if speaker:
         msg["speaker"] = speaker
-    return protocol.dumps(msg)
+    return events.dumps(msg)
 
 
 def subscriber_hello(token: str, session: str, last_seq: Optional[int] = None) -> str:
@@ -38,11 +39,11 @@ def subscriber_hello(token: str, session: str, last_seq: Optional[int] = None) -
                            "role": "subscriber", "session": session}
     if last_seq is not None:
         msg["last_seq"] = int(last_seq)
-    return protocol.dumps(msg)
+    return events.dumps(msg)
 
 
 def end_message() -> str:
-    return protocol.dumps({"type": "end", "version": protocol.PROTOCOL_VERSION})
+    return events.dumps({"type": "end", "version": protocol.PROTOCOL_VERSION})
 
 
 def check_hello(text: str) -> None:

@@ -32,7 +32,7 @@ import numpy as np
 from magtkd_stream.streaming.backend import Backend
 from magtkd_stream.config import Config, load_config
 from magtkd_stream.names import SAMPLE_RATE
-from magtkd_stream.wire.protocol import make_session_end, make_session_start
+from magtkd_stream.wire.events import make_session_end, make_session_start
 
 EventFn = Callable[[dict[str, Any]], Any]
 END = "session_end"

@@ -96,7 +96,7 @@ def test_cpu_meter_counts_each_named_process_and_skips_those_it_cannot_see() -> 
     import os
     import socket
 
-    from actors.bench import CpuMeter, local_actor_pids
+    from actors.bench_probes import CpuMeter, local_actor_pids
 
     health = {"actors": {"asr#0": {"state": "alive", "pid": os.getpid(), "host": socket.gethostname()},
                          "text#0": {"state": "alive", "pid": 1, "host": "another-node"},
@@ -110,7 +110,7 @@ def test_cpu_meter_counts_each_named_process_and_skips_those_it_cannot_see() -> 
 
 
 def test_batch_sizes_come_from_each_actors_counters() -> None:
-    from actors.bench import batch_sizes
+    from actors.bench_probes import batch_sizes
 
     health = {"actors": {"asr#0": {"state": "alive", "batches": 4, "items": 10},
                          "text#0": {"state": "alive", "batches": 0, "items": 0},

@@ -6,20 +6,21 @@ import asyncio
 
 import pytest
 
+from magtkd_stream.wire import events as E
 from magtkd_stream.wire import protocol as P
 from magtkd_stream.wire.bus import ALL, BusEvent, EventBus, GapNotice, SubscriptionDropped
 
 
 def start(bus: EventBus, session: str) -> int:
-    return bus.start_session(session, P.make_session_start(session, None, False, 16000, 0.0))
+    return bus.start_session(session, E.make_session_start(session, None, False, 16000, 0.0))
 
 
 def end(bus: EventBus, session: str) -> int:
-    return bus.end_session(session, P.make_session_end(session, "end", 1.0, 0, 0, 0.0))
+    return bus.end_session(session, E.make_session_end(session, "end", 1.0, 0, 0, 0.0))
 
 
 def say(bus: EventBus, session: str, i: int) -> int:
-    return bus.publish(session, P.make_transcript(session, i, f"utterance {i}", "A", float(i), i + 0.5))
+    return bus.publish(session, E.make_transcript(session, i, f"utterance {i}", "A", float(i), i + 0.5))
 
 
 def drain(sub) -> list:
@@ -41,8 +42,8 @@ def test_seq_is_per_session_and_every_event_matches_its_schema() -> None:
     assert end(bus, "a") == 5
     sub = bus.subscribe("a", {"a": 0})
     for item in drain(sub):
-        P.validate_event(item.data)
-        assert item.data["seq"] == item.seq and item.text == P.dumps(item.data)
+        E.validate_event(item.data)
+        assert item.data["seq"] == item.seq and item.text == E.dumps(item.data)
 
 
 def test_fan_out_to_session_and_star_subscribers_in_order() -> None:
@@ -93,7 +94,7 @@ def test_resume_older_than_the_buffer_gets_an_explicit_gap_first() -> None:
     items = drain(bus.subscribe("a", {"a": 2}))
     gap = items[0]
     assert isinstance(gap, GapNotice) and (gap.from_seq, gap.to_seq) == (3, 7)
-    P.validate_event(gap.data)
+    E.validate_event(gap.data)
     assert "5 events" in gap.reason
     assert seqs(items[1:]) == [8, 9, 10, 11, 12]
     assert not any(isinstance(i, GapNotice) for i in drain(bus.subscribe("a", {"a": 7})))
@@ -175,11 +176,11 @@ def test_session_lifecycle_rules() -> None:
         say(bus, "nobody", 0)
     start(bus, "b")
     with pytest.raises(ValueError, match="published to session 'b'"):
-        bus.publish("b", P.make_transcript("a", 0, "x", None, 0, 1))
+        bus.publish("b", E.make_transcript("a", 0, "x", None, 0, 1))
     with pytest.raises(ValueError, match="end_session"):
-        bus.publish("b", P.make_session_end("b", "end", 0, 0, 0, 0.0))
+        bus.publish("b", E.make_session_end("b", "end", 0, 0, 0, 0.0))
     with pytest.raises(ValueError, match="'end'"):
-        bus.publish("b", P.make_transcript("b", 0, "x", None, 2.0, 1.0))
+        bus.publish("b", E.make_transcript("b", 0, "x", None, 2.0, 1.0))
     assert bus.sessions()["b"] == {"state": "live", "first_seq": 1, "last_seq": 1}  # refused events took no seq
 
 
@@ -213,8 +214,8 @@ def test_tenants_see_only_their_own_sessions_and_none_means_every_tenant() -> No
         bus = EventBus()
         waiting_b = bus.subscribe("a1", tenant="B")  # a1 is not known yet: allowed to wait
         star_a, star_b, star_all = bus.subscribe(ALL, tenant="A"), bus.subscribe(ALL, tenant="B"), bus.subscribe(ALL)
-        bus.start_session("a1", P.make_session_start("a1", None, False, 16000, 0.0), "A")
-        bus.start_session("b1", P.make_session_start("b1", None, False, 16000, 0.0), "B")
+        bus.start_session("a1", E.make_session_start("a1", None, False, 16000, 0.0), "A")
+        bus.start_session("b1", E.make_session_start("b1", None, False, 16000, 0.0), "B")
         assert waiting_b.refusal is not None and waiting_b.refusal.code == "forbidden"
         with pytest.raises(SubscriptionDropped, match="another tenant"):
             waiting_b.get_nowait()

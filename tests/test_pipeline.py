@@ -24,7 +24,7 @@ from actors.run_file import run_file  # noqa: E402
 from actors.sink import PipelineSink  # noqa: E402
 from magtkd_stream.wire.bus import EventBus  # noqa: E402
 from magtkd_stream.labels import label_set  # noqa: E402
-from magtkd_stream.wire.protocol import make_session_start  # noqa: E402
+from magtkd_stream.wire.events import make_session_start  # noqa: E402
 from magtkd_stream.resources import ASSET_DIR  # noqa: E402
 from magtkd_stream.config import StreamConfig, load_config  # noqa: E402
 from magtkd_stream.streaming.vector_tap import load_vectors  # noqa: E402

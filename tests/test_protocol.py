@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from jsonschema import Draft202012Validator
 
+from magtkd_stream.names import MODALITIES
+from magtkd_stream.wire import events as E
 from magtkd_stream.wire import protocol as P
 from magtkd_stream.wire.resample import StreamResampler, pcm16_to_float32
 from magtkd_stream.wire.schema import CLIENT_SCHEMAS, SCHEMA_DIR, SERVER_SCHEMAS, load_schema
@@ -47,9 +49,9 @@ def expect(code: str, raw, *words: str) -> P.ProtocolError:
 def emotion(**over):
     probs = {"anger": 0.1, "joy": 0.7, "neutral": 0.2}
     mods = {
-        "text": P.modality_result(True, probs),
-        "audio": P.modality_result(True, {"anger": 0.3, "joy": 0.3, "neutral": 0.4}),
-        "video": P.modality_result(False),
+        "text": E.modality_result(True, probs),
+        "audio": E.modality_result(True, {"anger": 0.3, "joy": 0.3, "neutral": 0.4}),
+        "video": E.modality_result(False),
     }
     kwargs = dict(
         probs=probs,
@@ -63,7 +65,7 @@ def emotion(**over):
         e2e_ms=40.0,
     )
     kwargs.update(over)
-    event = P.make_emotion("s1", 3, **kwargs)
+    event = E.make_emotion("s1", 3, **kwargs)
     event["seq"] = 7
     return event
 
@@ -183,22 +185,22 @@ def test_jpeg_dimensions_read_from_header() -> None:
 
 def test_emotion_event_validates_and_derives_label_and_present() -> None:
     event = emotion()
-    P.validate_event(event)
+    E.validate_event(event)
     assert event["label"] == "joy" and event["present"] == ["text", "audio"] and event["status"] == "ok"
     assert event["modalities"]["text"]["label"] == "joy"
     interim = emotion(final=False)
     assert interim["type"] == "emotion_interim"
-    P.validate_event(interim)
+    E.validate_event(interim)
 
 
 def test_failed_emotion_needs_an_error_and_may_have_no_label() -> None:
-    mods = {m: P.modality_result(False) for m in P.MODALITIES}
+    mods = {m: E.modality_result(False) for m in MODALITIES}
     failed = emotion(probs=None, modalities=mods, error="fusion actor died")
-    P.validate_event(failed)
+    E.validate_event(failed)
     assert failed["status"] == "failed" and failed["label"] is None
     del failed["error"]
     with pytest.raises(ValueError, match="error"):
-        P.validate_event(failed)
+        E.validate_event(failed)
 
 
 @pytest.mark.parametrize(
@@ -221,38 +223,38 @@ def test_broken_emotion_events_are_refused_naming_the_field(mutate, field) -> No
     event = emotion()
     mutate(event)
     with pytest.raises(P.SchemaViolation) as info:
-        P.validate_event(event)
+        E.validate_event(event)
     assert field in str(info.value)
 
 
 def test_control_and_lifecycle_messages_validate() -> None:
     msgs = [
-        {**P.make_session_start("s1", None, True, 44100, 1.7e9), "seq": 1},
-        {**P.make_transcript("s1", 0, "hello", "A", 0.0, 1.0), "seq": 2},
-        {**P.make_session_end("s1", "end", 3.0, 10, 1, 1.7e9), "seq": 3},
-        P.control("gap", session="s1", from_seq=2, to_seq=9, reason="buffer"),
-        P.control("dropped", reason="slow"),
-        P.control("ended", session="s1", last_seq=3),
-        P.control("pong", id=3),
-        P.error_message(P.ProtocolError("bad_jpeg", "nope", fatal=False), "s1"),
+        {**E.make_session_start("s1", None, True, 44100, 1.7e9), "seq": 1},
+        {**E.make_transcript("s1", 0, "hello", "A", 0.0, 1.0), "seq": 2},
+        {**E.make_session_end("s1", "end", 3.0, 10, 1, 1.7e9), "seq": 3},
+        E.control("gap", session="s1", from_seq=2, to_seq=9, reason="buffer"),
+        E.control("dropped", reason="slow"),
+        E.control("ended", session="s1", last_seq=3),
+        E.control("pong", id=3),
+        E.error_message(P.ProtocolError("bad_jpeg", "nope", fatal=False), "s1"),
     ]
     for msg in msgs:
-        P.validate_event(msg)
+        E.validate_event(msg)
     with pytest.raises(ValueError, match="reason"):
-        P.validate_event({**msgs[2], "reason": "tired"})
+        E.validate_event({**msgs[2], "reason": "tired"})
     with pytest.raises(ValueError, match="type"):
-        P.validate_event({"type": "nonsense"})
+        E.validate_event({"type": "nonsense"})
     with pytest.raises(ValueError, match="unknown error code"):
         P.ProtocolError("no_such_code", "x")
 
 
 def test_event_json_is_compact_and_refuses_nan() -> None:
     event = emotion()
-    assert json.loads(P.dumps(event)) == event
+    assert json.loads(E.dumps(event)) == event
     bad = copy.deepcopy(event)
     bad["e2e"] = float("nan")
     with pytest.raises(ValueError):
-        P.dumps(bad)
+        E.dumps(bad)
 
 
 # ------------------------------------------------------------ resampling
@@ -300,15 +302,15 @@ def test_resampler_at_native_rate_is_a_plain_conversion() -> None:
 
 def test_event_numbers_carry_their_documented_precision() -> None:
     third = {"anger": 1 / 3, "joy": 1 / 3 + 1e-9, "neutral": 1 / 3 - 1e-9}
-    mods = {"text": P.modality_result(True, third), "audio": P.modality_result(False),
-            "video": P.modality_result(False)}
-    event = P.make_emotion("s", 0, probs=third, modalities=mods, start=1 / 7, end=2 / 7, speaker=None, text="x",
+    mods = {"text": E.modality_result(True, third), "audio": E.modality_result(False),
+            "video": E.modality_result(False)}
+    event = E.make_emotion("s", 0, probs=third, modalities=mods, start=1 / 7, end=2 / 7, speaker=None, text="x",
                            model="m", stages_ms={"asr": 100 / 3}, e2e_ms=1000 / 3)
-    P.validate_event({**event, "seq": 2})
+    E.validate_event({**event, "seq": 2})
     assert event["probs"] == {"anger": 0.3333, "joy": 0.3333, "neutral": 0.3333}
     assert event["label"] == "joy"  # chosen before rounding
     assert (event["start"], event["end"]) == (0.143, 0.286)
     assert event["timing"] == {"stages_ms": {"asr": 33.3}, "e2e_ms": 333.3}
     assert event["modalities"]["text"]["probs"]["anger"] == 0.3333
-    transcript = P.make_transcript("s", 0, "x", None, 1 / 7, 2 / 7)
+    transcript = E.make_transcript("s", 0, "x", None, 1 / 7, 2 / 7)
     assert (transcript["start"], transcript["end"]) == (0.143, 0.286)

@@ -29,7 +29,7 @@ from magtkd_stream.config import load_config  # noqa: E402
 from magtkd_stream.encoders.base import AudioInput, TextInput, VideoInput  # noqa: E402
 from magtkd_stream.labels import label_set  # noqa: E402
 from magtkd_stream.names import MODALITIES  # noqa: E402
-from magtkd_stream.wire.protocol import make_session_start  # noqa: E402
+from magtkd_stream.wire.events import make_session_start  # noqa: E402
 from magtkd_stream.streaming.recognizer import Recognizer  # noqa: E402
 from magtkd_stream.config import StreamConfig  # noqa: E402
 from speech import synth_speech  # noqa: E402

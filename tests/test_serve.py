@@ -22,6 +22,7 @@ pytest.importorskip("ray")
 psutil = pytest.importorskip("psutil")
 from websockets.asyncio.client import connect  # noqa: E402
 
+from magtkd_stream.wire import events as E  # noqa: E402
 from magtkd_stream.wire import protocol as P  # noqa: E402
 from speech import synth_speech  # noqa: E402
 
@@ -133,7 +134,7 @@ def speech_with_pauses() -> np.ndarray:
 
 async def recv(ws: Any, timeout: float = 30.0) -> dict[str, Any]:
     msg = json.loads(await asyncio.wait_for(ws.recv(), timeout))
-    P.validate_event(msg)
+    E.validate_event(msg)
     return msg
 
 

@@ -411,7 +411,7 @@ def test_paired_kd_experiment_on_the_real_file(tmp_path: Path) -> None:
 def test_length_grouped_batches_hold_similar_lengths_in_random_order() -> None:
     import torch
 
-    from training.stage1.train import length_grouped
+    from training.stage1.steps import length_grouped
 
     lengths = [int(x) for x in np.random.default_rng(0).integers(1, 500, 256)]
     order = list(np.random.default_rng(1).permutation(256))

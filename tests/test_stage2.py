@@ -36,7 +36,8 @@ from training.stage2.features import (
     speaker_ids,
 )
 from training.runs import RunFolder
-from training.stage2.train import evaluate_stage2, train_stage2
+from training.stage2.evaluate import evaluate_stage2
+from training.stage2.train import train_stage2
 
 
 DIM = 32

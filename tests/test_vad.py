@@ -165,3 +165,19 @@ def test_open_speech_shows_the_utterance_still_going_on(two_sentences) -> None:
     utts = seg.push(audio[int(middle * SR) : int((truth[0][1] + 0.9) * SR)])
     assert len(utts) == 1 and seg.open_speech() is None, "once it ends, nothing is open"
     np.testing.assert_array_equal(utts[0].audio[: so_far.size], so_far)
+
+
+def test_open_speech_in_a_pause_ends_where_the_final_would(two_sentences) -> None:
+    """While the VAD waits out a silence, the open speech stops at the end padding, never at 'now'."""
+    audio, truth = two_sentences
+    cfg = VADConfig(min_silence_ms=800, pad_ms=100)  # a long hangover: 'now' runs well past speech + padding
+    seg = VADSegmenter(cfg)
+    waiting = int((truth[0][1] + 0.6) * SR)  # 0.6 s into the silence: not yet ended
+    assert seg.push(audio[:waiting]) == []
+    start, so_far = seg.open_speech()
+    open_end = start + so_far.size / SR
+    assert open_end < seg.position_s - 0.3, "the silence waited out is not part of the open speech"
+    assert so_far.size / SR == pytest.approx(seg.open_speech_seconds(), abs=1e-6)
+    (utt,) = seg.push(audio[waiting : int((truth[0][1] + 1.0) * SR)])
+    assert open_end <= utt.end_s + 1e-6
+    assert utt.end_s - open_end < 0.05, "the open speech already reached the final's end"

@@ -100,7 +100,7 @@ def override_demo(checkpoint: Path, features_file: Path, window: int) -> dict[st
     counts utterances where the text-only prediction is wrong and the fused one
     right; `override_rate` divides it by the utterances the text alone gets wrong.
     """
-    from training.stage2.train import predict
+    from training.stage2.evaluate import predict
 
     ck = load_checkpoint(checkpoint)
     dialogues, meta = load_features(features_file)

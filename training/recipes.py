@@ -300,7 +300,7 @@ def evaluate_checkpoint(
     cfg: Config, checkpoint: Path, features_file: Path | Sequence[Path], windows: Sequence[int],
 ) -> dict[str, Any]:
     """Scores of a streaming checkpoint on one features file (or the union of several), per window (0 = full)."""
-    from training.stage2.train import evaluate_stage2
+    from training.stage2.evaluate import evaluate_stage2
 
     ck = load_checkpoint(checkpoint)
     out = {}

@@ -31,7 +31,7 @@ import numpy as np
 from magtkd_stream.streaming.backend import Backend, BackendError
 from magtkd_stream.encoders.base import AudioInput, TextInput, VideoInput
 from magtkd_stream.names import MODALITIES
-from magtkd_stream.wire.protocol import make_emotion, make_transcript, modality_result
+from magtkd_stream.wire.events import make_emotion, make_transcript, modality_result
 from magtkd_stream.streaming.recognizer_core import SessionCore, UtteranceJob
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from magtkd_stream.streaming.backend import Backend
 from magtkd_stream.wire.bus import BusEvent, EventBus
 from magtkd_stream.media import AudioChunk, Frame, decode, probe
 from magtkd_stream.names import MODALITIES, SAMPLE_RATE
-from magtkd_stream.wire.protocol import make_session_end, make_session_start
+from magtkd_stream.wire.events import make_session_end, make_session_start
 from magtkd_stream.streaming.recognizer import Recognizer
 from magtkd_stream.streaming.vector_tap import VectorRecorder
 

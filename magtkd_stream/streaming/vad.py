@@ -139,14 +139,24 @@ class VADSegmenter:
         """Seconds of the speech still going on, start padding included (cheap); None in silence."""
         if not self.speaking:
             return None
-        return (self._n - self._open_begin()) / SAMPLE_RATE
+        return (self._open_end() - self._open_begin()) / SAMPLE_RATE
 
     def open_speech(self) -> Optional[tuple[float, np.ndarray]]:
         """The speech still going on: (media start, its audio so far with the start padding); None in silence."""
         if not self.speaking:
             return None
         begin = self._open_begin()
-        return self.time_offset_s + begin / SAMPLE_RATE, self._slice(begin, self._n)
+        return self.time_offset_s + begin / SAMPLE_RATE, self._slice(begin, self._open_end())
+
+    def _open_end(self) -> int:
+        """Where the open speech ends so far: now, or the end padding after a silence that has begun.
+
+        An interim taken while the VAD waits out a pause then covers no more
+        than the final would if the speech ended there.
+        """
+        if self._silence_from is None:
+            return self._n
+        return min(self._n, self._silence_from + self._pad)
 
     def _open_begin(self) -> int:
         """Sample index where the open speech starts: its padding, clipped to the last cut and the buffer."""

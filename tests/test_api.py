@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import re
 import subprocess
@@ -102,6 +103,18 @@ def test_run_with_the_local_backend_from_the_cli(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     assert "in this process" in done.stdout and "utterances: 8 (0 failed)" in done.stdout, done.stdout
     assert "Started a local Ray" not in done.stdout + done.stderr
+    # run diarizes by default: the sample's two voices (Ana, Ben) become two speakers, stable across the file
+    script = json.loads((ROOT / "demo" / "samples" / "conversation.json").read_text(encoding="utf-8"))
+    truth = [u["speaker"] for u in script["utterances"]]
+    speakers = [e["speaker"] for e in map(json.loads, (tmp_path / "events.jsonl").read_text().splitlines())
+                if e["type"] == "transcript"]
+    assert len(speakers) == len(truth) and len(set(speakers)) == 2, speakers
+    assert [speakers[truth.index(name)] for name in truth] == speakers, (truth, speakers)
+    single = subprocess.run([*cmd[:-2], "--no-diarize", "--out", str(tmp_path / "one.jsonl")],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert single.returncode == 0, single.stderr[-2000:]
+    assert {e["speaker"] for e in map(json.loads, (tmp_path / "one.jsonl").read_text().splitlines())
+            if e["type"] == "transcript"} == {"A"}
     wrong = subprocess.run([*cmd[:-2], "--address", "ray://head:10001"], capture_output=True, text=True, env=env,
                            timeout=120)
     assert wrong.returncode == 2 and "--backend local runs without Ray" in wrong.stderr, wrong.stderr

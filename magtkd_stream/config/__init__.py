@@ -32,11 +32,11 @@ from magtkd_stream.config.model import (
     VideoEncoderConfig,
 )
 from magtkd_stream.config.profile import Config
-from magtkd_stream.config.stream import ACTOR_NAMES, ActorResources, StreamConfig, VADConfig
+from magtkd_stream.config.stream import ACTOR_NAMES, ActorResources, DiarizeConfig, StreamConfig, VADConfig
 from magtkd_stream.config.train import SELECT_METRICS, Stage1Config, Stage2Config, StageConfig, TrainConfig
 
 __all__ = [
-    "ACTOR_NAMES", "ASRConfig", "ActorResources", "AudioEncoderConfig", "CONFIG_DIR", "Config", "ConfigError",
+    "ACTOR_NAMES", "ASRConfig", "ActorResources", "AudioEncoderConfig", "CONFIG_DIR", "Config", "ConfigError", "DiarizeConfig",
     "EncodersConfig", "GatewayConfig", "TokenSpec", "KDConfig", "MAGTConfig", "RECIPE_PREFIX", "SELECT_METRICS", "Stage1Config", "Stage2Config",
     "StageConfig", "StreamConfig", "TextEncoderConfig", "TrainConfig", "VADConfig", "VideoEncoderConfig",
     "apply_override", "available_configs", "config_from_dict", "config_to_dict", "load_config", "read_config_tree",

@@ -85,6 +85,34 @@ class VADConfig:
 
 
 @dataclass
+class DiarizeConfig:
+    """Online diarization of a session that carries several voices (a recording, a room microphone).
+
+    Each utterance's speaker embedding joins the most similar speaker found so
+    far when its cosine similarity reaches `threshold`, else opens a new one
+    (up to max_speakers; after that, the nearest). Utterances shorter than
+    min_new_s never open a speaker: their embedding is too noisy to trust.
+    """
+
+    enabled: bool = False  # `magtkd-stream run FILE` turns it on unless --no-diarize or --speaker
+    max_speakers: int = 4
+    threshold: float = 0.75
+    min_new_s: float = 1.0
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, key: str, msg: str) -> None:
+            _check_key(ok, f"diarize.{key}", msg)
+
+        check(isinstance(self.enabled, bool), "enabled", f"must be true or false, got {self.enabled!r}")
+        check(_integer(self.max_speakers) and 1 <= self.max_speakers <= 26, "max_speakers",
+              f"must be an integer in [1, 26], got {self.max_speakers!r}")
+        check(_number(self.threshold) and -1.0 <= self.threshold <= 1.0, "threshold",
+              f"must be a cosine similarity in [-1, 1], got {self.threshold!r}")
+        check(_number(self.min_new_s) and self.min_new_s >= 0, "min_new_s",
+              f"must be >= 0 seconds, got {self.min_new_s!r}")
+
+
+@dataclass
 class StreamConfig:
     """Everything the Ray pipeline reads: actor resources, batching, segmentation, window, fault handling."""
 
@@ -92,6 +120,7 @@ class StreamConfig:
     batch_wait_ms: float = 10.0  # how long a batch waits for more requests after its first
     max_batch: int = 16  # items per encoder batch
     vad: VADConfig = field(default_factory=VADConfig)
+    diarize: DiarizeConfig = field(default_factory=DiarizeConfig)  # speakers within one session
     # Utterances MAGT sees per prediction. Empty (None): the window the checkpoint was trained with (its
     # magt.window). 0, as everywhere: no limit, the whole session (a stream never ends, so magt.max_len bounds it).
     window: Optional[int] = None
@@ -143,13 +172,15 @@ class StreamConfig:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         _check(not unknown, unknown[0] if unknown else "", f"unknown key; known keys: {sorted(known)}")
-        kwargs: dict[str, Any] = {k: v for k, v in data.items() if k not in ("actors", "vad", "gateway")}
+        kwargs: dict[str, Any] = {k: v for k, v in data.items() if k not in ("actors", "vad", "diarize", "gateway")}
         if "gateway" in data:
             kwargs["gateway"] = _gateway_from(data["gateway"])
         if "actors" in data:
             kwargs["actors"] = _actors_from(data["actors"])
         if "vad" in data:
             kwargs["vad"] = _sub(VADConfig, data["vad"], "vad")
+        if "diarize" in data:
+            kwargs["diarize"] = _sub(DiarizeConfig, data["diarize"], "diarize")
         try:
             return cls(**kwargs)
         except TypeError as exc:  # pragma: no cover - guarded by the key check above

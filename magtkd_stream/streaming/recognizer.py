@@ -32,6 +32,7 @@ from magtkd_stream.streaming.backend import Backend, BackendError
 from magtkd_stream.encoders.base import AudioInput, TextInput, VideoInput
 from magtkd_stream.names import MODALITIES
 from magtkd_stream.wire.events import make_emotion, make_transcript, modality_result
+from magtkd_stream.streaming.diarize import OnlineDiarizer, SpeakerEmbedder, segment_and_label
 from magtkd_stream.streaming.recognizer_core import SessionCore, UtteranceJob
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class _Session:
     interim: Optional[asyncio.Task] = None  # the interim prediction in flight
     interim_marks: dict[int, float] = field(default_factory=dict)  # utterance -> seconds spoken at its last interim
     last_crop_ts: float = float("-inf")
+    diarizer: Optional[OnlineDiarizer] = None  # stream.diarize.enabled: several voices in this session
 
 
 async def _timed(aw: Awaitable[Any]) -> tuple[Any, float]:
@@ -78,7 +80,8 @@ class Recognizer:
     Implements actors.gateway.SessionSink; `replay` (a file) and the Python API drive it the same way.
 
     Speaker: the client's label when given, else the session id (one speaker
-    per publishing connection). `clock` is the wall clock latency is measured with.
+    per publishing connection); with stream.diarize.enabled, each utterance's
+    voice decides it (magtkd_stream/streaming/diarize.py). `clock` is the wall clock latency is measured with.
     `tap`, when given, sees the encoder vectors of every final utterance that
     fused, so training can learn from exactly what the service computes.
     """
@@ -92,6 +95,7 @@ class Recognizer:
         self.sessions: dict[str, _Session] = {}
         self._vad_pool = ThreadPoolExecutor(max_workers=max(1, vad_threads), thread_name_prefix="vad")
         self._vad_model: Any = None
+        self._embedder: Optional[SpeakerEmbedder] = None
         self.model_id: str = backend.info.model
         self.num_frames = backend.cfg.encoders.video.num_frames
         # 0 in the config means "the whole dialogue"; the prompt's token budget truncates it anyway.
@@ -116,13 +120,19 @@ class Recognizer:
             max_frames=self.backend.stream.max_frames, context_turns=self.context_turns,
             vad_model=self._vad_model, clock=self.clock,
         )
-        self.sessions[session] = _Session(core, name, video)
+        diarizer = None
+        if self.backend.stream.diarize.enabled:
+            if self._embedder is None:
+                self._embedder = await loop.run_in_executor(self._vad_pool, SpeakerEmbedder)
+            diarizer = OnlineDiarizer(self.backend.stream.diarize, self._embedder, name)
+        self.sessions[session] = _Session(core, name, video, diarizer=diarizer)
 
     async def audio(self, session: str, samples: np.ndarray, wall: Optional[float] = None) -> None:
         """Float32 mono 16 kHz samples; `wall`: when they arrived (default now)."""
         sess = self._session(session)
         now = self.clock() if wall is None else wall
-        jobs = await asyncio.get_running_loop().run_in_executor(self._vad_pool, sess.core.push_audio, samples, now)
+        jobs = await asyncio.get_running_loop().run_in_executor(
+            self._vad_pool, segment_and_label, sess.diarizer, sess.core.push_audio, samples, now)
         self._launch(sess, jobs)
         self._maybe_interim(sess)
 
@@ -164,7 +174,8 @@ class Recognizer:
                 await asyncio.gather(sess.interim, return_exceptions=True)
             if sess.crops:  # the last frames' faces belong to the last utterance
                 await asyncio.gather(*list(sess.crops), return_exceptions=True)
-            jobs = await asyncio.get_running_loop().run_in_executor(self._vad_pool, sess.core.finish, None)
+            jobs = await asyncio.get_running_loop().run_in_executor(
+                self._vad_pool, segment_and_label, sess.diarizer, sess.core.finish, None)
             self._launch(sess, jobs)
             while sess.tasks:
                 await asyncio.gather(*list(sess.tasks), return_exceptions=True)
@@ -332,6 +343,9 @@ class Recognizer:
         stages: dict[str, float] = {}
         side = self._media_tasks(job)
         try:
+            if sess.diarizer is not None:
+                job.speaker = await asyncio.get_running_loop().run_in_executor(
+                    self._vad_pool, sess.diarizer.peek, job.audio)
             asr, stages["asr"] = await _timed(p.transcribe(job.audio))
             job.text = asr.text or ""
             if job.text.strip():

@@ -1,0 +1,131 @@
+"""Online diarization: which voice speaks each utterance of a session, decided causally.
+
+A replayed recording or a room microphone brings several people into one
+session. Without telling them apart, the prompt, MAGT's speaker embedding and
+the per-speaker normaliser treat everyone as one person: one speaker's voice
+shifts the running mean another is normalised with. Here every utterance's
+speaker embedding (the GE2E encoder that ships inside the resemblyzer wheel)
+is compared with the speakers heard so far in the session, in utterance
+order, and joins the most similar one or opens a new one. A label, once
+given, is never revised: events already sent stay true.
+"""
+
+from __future__ import annotations
+
+import logging
+import string
+import threading
+from typing import Any, Optional
+
+import numpy as np
+
+from magtkd_stream.config import DiarizeConfig
+from magtkd_stream.names import SAMPLE_RATE
+
+log = logging.getLogger(__name__)
+
+
+class SpeakerEmbedder:
+    """Unit-length speaker embeddings of 16 kHz mono speech (resemblyzer's VoiceEncoder, on the CPU).
+
+    One instance serves every session; calls are serialised because the
+    encoder's LSTM keeps no per-call state but torch modules are not promised
+    to be safe under concurrent use.
+    """
+
+    def __init__(self, model: Any = None) -> None:
+        if model is None:
+            try:
+                from resemblyzer import VoiceEncoder
+            except ImportError as exc:  # pragma: no cover - a pinned dependency
+                raise RuntimeError("diarization needs the resemblyzer package (pip install resemblyzer)") from exc
+            model = VoiceEncoder("cpu", verbose=False)
+        self.model = model
+        self._lock = threading.Lock()
+
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        from resemblyzer import preprocess_wav
+
+        wav = np.asarray(audio, dtype=np.float32)
+        prepared = preprocess_wav(wav, source_sr=SAMPLE_RATE)  # volume to -30 dBFS, long pauses cut
+        if prepared.size < SAMPLE_RATE // 4:  # the trimming found almost no voice: use the segment as it is
+            prepared = wav
+        with self._lock:
+            emb = np.asarray(self.model.embed_utterance(prepared), dtype=np.float32)
+        return emb / max(float(np.linalg.norm(emb)), 1e-8)
+
+
+def speaker_labels(first: str, count: int) -> list[str]:
+    """Labels for up to `count` speakers: the alphabet on from a one-letter name, else "Ann", "Ann 2", ..."""
+    if len(first) == 1 and first in string.ascii_uppercase:
+        start = string.ascii_uppercase.index(first)
+        letters = string.ascii_uppercase[start:] + string.ascii_uppercase[:start]
+        return list(letters[:count])
+    return [first] + [f"{first} {k}" for k in range(2, count + 1)]
+
+
+class OnlineDiarizer:
+    """One session's speakers: a running mean embedding per speaker, labels handed out in order of appearance."""
+
+    def __init__(self, cfg: DiarizeConfig, embedder: SpeakerEmbedder, first_label: str = "A") -> None:
+        self.cfg = cfg
+        self.embed = embedder
+        self.labels = speaker_labels(first_label, cfg.max_speakers)
+        self._sums: list[np.ndarray] = []
+        self._counts: list[int] = []
+        self._lock = threading.Lock()  # assign (the VAD thread) and peek (an interim) may overlap
+
+    @property
+    def speakers(self) -> int:
+        return len(self._sums)
+
+    def assign(self, audio: np.ndarray) -> tuple[str, Optional[float]]:
+        """The speaker label of one utterance's audio, and its similarity to that speaker (None: a new one)."""
+        seconds = len(audio) / SAMPLE_RATE
+        emb = self.embed(audio)
+        with self._lock:
+            return self._assign(emb, seconds)
+
+    def _assign(self, emb: np.ndarray, seconds: float) -> tuple[str, Optional[float]]:
+        if not self._sums:
+            return self._open(emb), None
+        centroids = np.stack([s / max(float(np.linalg.norm(s)), 1e-8) for s in self._sums])
+        sims = centroids @ emb
+        best = int(np.argmax(sims))
+        similar = float(sims[best]) >= self.cfg.threshold
+        if not similar and seconds >= self.cfg.min_new_s and len(self._sums) < self.cfg.max_speakers:
+            return self._open(emb), None
+        if similar:  # a doubtful match (too short to open a speaker, or no room) leaves the mean alone
+            self._sums[best] = self._sums[best] + emb
+            self._counts[best] += 1
+        return self.labels[best], float(sims[best])
+
+    def peek(self, audio: np.ndarray) -> str:
+        """The label the speech so far would most likely get, changing nothing (for interim events)."""
+        if not self._sums:
+            return self.labels[0]
+        emb = self.embed(audio)
+        with self._lock:
+            sums = list(self._sums)
+        centroids = np.stack([s / max(float(np.linalg.norm(s)), 1e-8) for s in sums])
+        return self.labels[int(np.argmax(centroids @ emb))]
+
+    def _open(self, emb: np.ndarray) -> str:
+        self._sums.append(emb.copy())
+        self._counts.append(1)
+        label = self.labels[len(self._sums) - 1]
+        log.debug("new speaker %s", label)
+        return label
+
+
+def segment_and_label(diarizer: Optional[OnlineDiarizer], cut: Any, *args: Any) -> list[Any]:
+    """Run a SessionCore cut (push_audio or finish) and give each utterance job its speaker, in order.
+
+    Called on the recognizer's VAD thread, so that the embeddings cost no
+    time on the event loop and a session's utterances are labelled in order.
+    """
+    jobs = cut(*args)
+    if diarizer is not None:
+        for job in jobs:
+            job.speaker, _ = diarizer.assign(job.audio)
+    return jobs

@@ -1,0 +1,113 @@
+"""Online diarization: causal speaker labels from speaker embeddings, the clustering rules and the real encoder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from magtkd_stream.config import ConfigError, DiarizeConfig, load_config
+from magtkd_stream.names import SAMPLE_RATE
+from magtkd_stream.streaming.diarize import OnlineDiarizer, SpeakerEmbedder, segment_and_label, speaker_labels
+from shared_data import data_dir
+from speech import synth_speech
+
+
+class TableEmbedder:
+    """Test double: the 'embedding' of an utterance is looked up by its first sample (isolates the clustering)."""
+
+    def __init__(self, table: dict[int, list[float]]) -> None:
+        self.table = table
+        self.calls = 0
+
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        v = np.asarray(self.table[int(audio[0])], dtype=np.float32)
+        return v / np.linalg.norm(v)
+
+
+def clip(key: int, seconds: float = 2.0) -> np.ndarray:
+    a = np.zeros(int(seconds * SAMPLE_RATE), np.float32)
+    a[0] = key
+    return a
+
+
+def test_labels_follow_the_alphabet_or_number_a_name() -> None:
+    assert speaker_labels("A", 3) == ["A", "B", "C"]
+    assert speaker_labels("Y", 3) == ["Y", "Z", "A"]
+    assert speaker_labels("Ann", 3) == ["Ann", "Ann 2", "Ann 3"]
+
+
+def test_voices_get_stable_labels_in_order_of_appearance() -> None:
+    emb = TableEmbedder({1: [1, 0, 0], 2: [0, 1, 0], 3: [0.95, 0.1, 0], 4: [0.05, 1, 0]})
+    d = OnlineDiarizer(DiarizeConfig(enabled=True, threshold=0.75), emb)
+    got = [d.assign(clip(k))[0] for k in (1, 2, 3, 4, 1)]
+    assert got == ["A", "B", "A", "B", "A"]
+    assert d.speakers == 2
+
+
+def test_speaker_cap_short_utterances_and_peek() -> None:
+    emb = TableEmbedder({1: [1, 0, 0], 2: [0, 1, 0], 3: [0, 0, 1], 4: [0.6, 0.8, 0]})
+    d = OnlineDiarizer(DiarizeConfig(enabled=True, threshold=0.9, max_speakers=2, min_new_s=1.0), emb)
+    assert d.assign(clip(1))[0] == "A"
+    assert d.assign(clip(2, seconds=0.5))[0] == "A", "too short to open a speaker: the nearest one"
+    assert d.assign(clip(2))[0] == "B"
+    assert d.assign(clip(3))[0] in ("A", "B") and d.speakers == 2, "max_speakers caps the count"
+    before = d.speakers, [s.copy() for s in d._sums]
+    assert d.peek(clip(4)) == "B"
+    assert d.speakers == before[0] and all(np.array_equal(a, b) for a, b in zip(d._sums, before[1]))
+
+
+def test_segment_and_label_labels_each_job_in_order() -> None:
+    class Job:
+        def __init__(self, key: int) -> None:
+            self.audio, self.speaker = clip(key), "A"
+
+    emb = TableEmbedder({1: [1, 0], 2: [0, 1]})
+    d = OnlineDiarizer(DiarizeConfig(enabled=True), emb)
+    jobs = segment_and_label(d, lambda keys: [Job(k) for k in keys], [1, 2, 1])
+    assert [j.speaker for j in jobs] == ["A", "B", "A"]
+    untouched = segment_and_label(None, lambda keys: [Job(k) for k in keys], [2])
+    assert [j.speaker for j in untouched] == ["A"] and emb.calls == 3
+
+
+def test_config_is_checked_with_its_key() -> None:
+    with pytest.raises(ConfigError, match="stream.diarize.max_speakers"):
+        load_config("tiny", ["stream.diarize.max_speakers=0"])
+    with pytest.raises(ConfigError, match="stream.diarize.colour"):
+        load_config("tiny", ["stream.diarize.colour=1"])
+    assert load_config("tiny", ["stream.diarize.enabled=true"]).stream.diarize.enabled is True
+
+
+@pytest.fixture(scope="module")
+def embedder() -> SpeakerEmbedder:
+    pytest.importorskip("resemblyzer")
+    return SpeakerEmbedder()
+
+
+def test_two_synthetic_voices_are_told_apart(embedder: SpeakerEmbedder) -> None:
+    lines = ["I really did not expect to see you here today.", "Neither did I, the train was late again.",
+             "Well, shall we get a coffee before the meeting?", "Yes, and then we can talk about the plan."]
+    voices = ["en-us+f3", "en-gb", "en-us+f3", "en-gb"]
+    d = OnlineDiarizer(DiarizeConfig(enabled=True), embedder)
+    got = [d.assign(synth_speech(text, voice))[0] for text, voice in zip(lines, voices)]
+    assert got == ["A", "B", "A", "B"]
+
+
+def test_librispeech_speakers_are_attributed(embedder: SpeakerEmbedder) -> None:
+    """Three real speakers, three clips each, interleaved: every clip gets its speaker's label."""
+    folder = data_dir() / "speakers" / "librispeech_multi"
+    if not folder.is_dir():
+        pytest.skip("shared data speakers/librispeech_multi not found")
+    sf = pytest.importorskip("soundfile")
+    by_speaker: dict[str, list[Path]] = {}
+    for f in sorted(folder.glob("*.flac")):
+        by_speaker.setdefault(f.name.split("-")[0], []).append(f)
+    chosen = sorted(by_speaker)[:3]
+    order = [by_speaker[s][k] for k in range(3) for s in chosen]
+    d = OnlineDiarizer(DiarizeConfig(enabled=True), embedder)
+    got = [d.assign(sf.read(str(f), dtype="float32")[0])[0] for f in order]
+    truth = [f.name.split("-")[0] for f in order]
+    mapping = {t: g for t, g in zip(truth, got)}
+    assert len(set(mapping.values())) == 3 and [mapping[t] for t in truth] == got, list(zip(truth, got))

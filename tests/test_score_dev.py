@@ -135,3 +135,15 @@ def test_by_voice_says_how_the_voice_head_reads_each_kind_of_voice() -> None:
     assert v["espeak"]["voice_plain"] == {"n": 2, "audio_says_neutral": 0.0, "audio_labels": {"sadness": 2}}
     assert "espeak voices" in table({**score(matches), "counts": {"missed": 1, "splits": 0, "merges": 0,
                                                                  "spurious": 0, "failed": 0}, "conversations": 1})
+
+
+def test_speaker_attribution_matches_labels_one_to_one() -> None:
+    from training.devset.speakers import attribution, attribution_summary
+
+    pairs = [("Ana", "B"), ("Ben", "A"), ("Ana", "B"), ("Ben", "A"), ("Ana", "A")]
+    right, mapping = attribution(pairs)
+    assert (right, mapping) == (4, {"Ana": "B", "Ben": "A"})
+    merged = [("Ana", "A"), ("Ben", "A"), ("Ana", "A")]  # one label for two people: right on one of them only
+    assert attribution(merged)[0] == 2
+    summary = attribution_summary({"c1": pairs, "c2": merged, "empty": []})
+    assert summary == {"utterances": 8, "accuracy": 0.75, "true_speakers_mean": 2.0, "labels_used_mean": 1.5}

@@ -31,6 +31,7 @@ from typing import Any, Iterable, Mapping, Optional, Sequence
 
 from magtkd_stream.labels import MELD_LABELS
 from magtkd_stream.names import MODALITIES
+from training.devset.speakers import attribution_summary
 
 log = logging.getLogger(__name__)
 
@@ -310,6 +311,7 @@ def score_dev(dev: Path, out: Path, config: str = "lite", overrides: Sequence[st
         wall = run_product([dev / c["media"] for c in convs], events_dir, config, overrides,
                            out / "vectors" if vectors else None)
     matches: list[Match] = []
+    speakers: dict[str, list[tuple[str, str]]] = {}  # conversation -> (true speaker, event's speaker label)
     counts = {"merges": 0, "spurious": 0, "failed": 0, "events": 0}
     per_conv = []
     with open(out / "matches.jsonl", "w", encoding="utf-8") as fh:
@@ -318,6 +320,8 @@ def score_dev(dev: Path, out: Path, config: str = "lite", overrides: Sequence[st
             for k in counts:
                 counts[k] += getattr(m, k)
             matches += m.matches
+            speakers[c["id"]] = [(x.utterance["speaker"], x.event["speaker"]) for x in m.matches
+                                 if x.event is not None and x.event.get("speaker") is not None]
             per_conv.append({"id": c["id"], "utterances": len(m.matches), "missed": m.missed, "splits": m.splits,
                              "merges": m.merges, "details": m.details})
             for x in m.matches:
@@ -328,6 +332,7 @@ def score_dev(dev: Path, out: Path, config: str = "lite", overrides: Sequence[st
     summary.update(score(matches))
     summary["counts"] = {**counts, "splits": sum(x.n_events >= 2 for x in matches),
                          "missed": sum(x.event is None for x in matches)}
+    summary["speakers"] = attribution_summary(speakers)
     summary["per_conversation"] = per_conv
     if "confusion" in summary:
         summary["confusion_png"] = str(save_confusion_png(summary["confusion"], MELD_LABELS, out / "confusion.png",

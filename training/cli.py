@@ -12,6 +12,7 @@
     magtkd-train ravdess-audio --data ../shared/data --cache runs/lite-full/cache   (held-out-actor audio scores)
     magtkd-train compose --split dev --data ../shared/data --out runs/dev-compose --conversations 24 --seed 0
     magtkd-train score-dev --dev runs/dev-compose --out runs/dev-score [--limit 4]   (the product on them)
+    magtkd-train diarization --data ../shared/data --out runs/diarization   (who speaks: attribution, DER)
 
 A recipe is a configuration file that starts from a profile (`base: lite`) and adds `train:`;
 data locations are flags, never config keys. `--profile-override tiny` swaps in
@@ -36,6 +37,7 @@ from training.cli_commands import (
     UsageError,
     _cmd_all,
     _cmd_compose,
+    _cmd_diarization,
     _cmd_evaluate,
     _cmd_extract,
     _cmd_face_cnn,
@@ -95,6 +97,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         return _cmd_score_dev(args)
     if args.command == "faces":
         return _cmd_faces(args)
+    if args.command == "diarization":
+        return _cmd_diarization(args)
     if args.command == "face-cnn":
         return _cmd_face_cnn(args)
     cfg = _config(args, _DEFAULT_RECIPE.get(args.command))

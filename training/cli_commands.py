@@ -437,3 +437,17 @@ def _cmd_score_dev(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"score-dev: {' '.join(str(exc).split())}") from None
     print(table(summary))
     return summary
+
+
+def _cmd_diarization(args: argparse.Namespace) -> dict[str, Any]:
+    from training.studies.diarization import diarization_study
+
+    root = _data_root(args)
+    if root is None:
+        raise UsageError("diarization: give --data ROOT (holding speakers/ and diarization/)")
+    try:
+        report = diarization_study(root, args.out, args.overrides, args.config, args.conversations, args.seed)
+    except FileNotFoundError as exc:
+        raise UsageError(f"diarization: {exc}") from None
+    print(json.dumps({k: v for k, v in report.items() if k != "dev_sweep"}, indent=2))
+    return report

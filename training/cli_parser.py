@@ -182,6 +182,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fer-limit", type=int, default=None, help="only the first N FER2013 train faces")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging on the console")
 
+    p = sub.add_parser("diarization", help="speaker attribution and diarization error rate of `magtkd-stream run` "
+                                           "on LibriSpeech conversations and the AMI fixtures")
+    p.add_argument("--data", type=Path, default=None, help="data root holding speakers/ and diarization/ "
+                                                           "(default $MAGTKD_DATA)")
+    p.add_argument("--out", type=Path, required=True, help="folder for diarization.json, the media and events")
+    p.add_argument("--config", default="lite", help="profile for magtkd-stream (default lite)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override passed on to magtkd-stream (repeatable)")
+    p.add_argument("--conversations", type=int, default=12, help="per LibriSpeech set (default 12)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging on the console")
+
     p = sub.add_parser("score-dev", help="run composed conversations through `magtkd-stream run` and score them")
     p.add_argument("--dev", type=Path, required=True, help="a folder written by `compose` (rendered)")
     p.add_argument("--out", type=Path, required=True, help="where events/, summary.json and confusion.png go")

@@ -57,8 +57,9 @@ def test_the_readme_python_example_runs_and_recognises_the_sample(monkeypatch: p
     with contextlib.redirect_stdout(out):
         exec(compile(readme_example(), "README.md", "exec"), {"samples": samples, "frame_bgr": frame})
     lines = out.getvalue().splitlines()
-    file_lines = [ln for ln in lines if re.match(r"^A: (['\"]).*\1 -> \w+ [01]\.\d\d$", ln)]
+    file_lines = [ln for ln in lines if re.match(r"^[A-Z]: (['\"]).*\1 -> \w+ [01]\.\d\d$", ln)]
     assert len(file_lines) == 8, lines  # the sample has eight utterances
+    assert [ln[0] for ln in file_lines] == list("ABABABAB"), lines  # its two voices, told apart
     assert all(ln.split(" -> ")[1].split()[0] in LITE_LABELS for ln in file_lines)
     live = [ln for ln in lines if "'session': 'mic'" in ln]
     kinds = [re.search(r"'type': '(\w+)'", ln).group(1) for ln in live]

@@ -446,8 +446,11 @@ def _cmd_diarization(args: argparse.Namespace) -> dict[str, Any]:
     if root is None:
         raise UsageError("diarization: give --data ROOT (holding speakers/ and diarization/)")
     try:
-        report = diarization_study(root, args.out, args.overrides, args.config, args.conversations, args.seed)
+        for c in args.composed:
+            _exists(c / "manifest.json", "diarization: --composed", "file")
+        report = diarization_study(root, args.out, args.overrides, args.config, args.conversations, args.seed,
+                                   args.composed)
     except FileNotFoundError as exc:
         raise UsageError(f"diarization: {exc}") from None
-    print(json.dumps({k: v for k, v in report.items() if k != "dev_sweep"}, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if "sweep" not in k}, indent=2))
     return report

@@ -191,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override passed on to magtkd-stream (repeatable)")
     p.add_argument("--conversations", type=int, default=12, help="per LibriSpeech set (default 12)")
+    p.add_argument("--composed", type=Path, action="append", default=[],
+                   help="a `compose --split dev` folder whose utterances are swept too (repeatable)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging on the console")
 

@@ -42,6 +42,8 @@ class SpeakerEmbedder:
             model = VoiceEncoder("cpu", verbose=False)
         self.model = model
         self._lock = threading.Lock()
+        # The first embedding compiles librosa's kernels (about a second): pay it at start, not on an utterance.
+        self(np.random.default_rng(0).normal(0.0, 0.01, SAMPLE_RATE).astype(np.float32))
 
     def __call__(self, audio: np.ndarray) -> np.ndarray:
         from resemblyzer import preprocess_wav

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from magtkd_stream.config import Config, ConfigError, config_to_dict, load_config
+from magtkd_stream.config import Config, ConfigError, DiarizeConfig, config_to_dict, load_config
 
 log = logging.getLogger("magtkd_stream.cli")
 
@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also write DIR/report.html: a timeline of the utterances (fused and per-modality labels "
                           "per speaker), a latency histogram and the emotion counts (PNGs beside it)")
     run.add_argument("--speaker", default=None, help="speaker label for the whole file (no diarization)")
+    run.add_argument("--speakers", default=None, metavar="NAME,NAME",
+                     help="names for the voices in order of appearance, e.g. Ana,Ben (diarization names them)")
     run.add_argument("--no-diarize", action="store_true",
                      help="one speaker for the whole file; by default each utterance's voice decides its speaker "
                           "(A, B, ...; stream.diarize)")
@@ -83,10 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _run_diarization(cfg: Config, args: argparse.Namespace) -> Config:
     """`run` diarizes a file unless told otherwise: --no-diarize, --speaker, or --set stream.diarize.enabled=..."""
-    if any(o.split("=", 1)[0].strip() == "stream.diarize.enabled" for o in args.overrides):
-        return cfg
-    enabled = not (args.no_diarize or args.speaker)
-    diarize = dataclasses.replace(cfg.stream.diarize, enabled=enabled)
+    diarize = cfg.stream.diarize
+    if args.speakers is not None:
+        if args.no_diarize or args.speaker:
+            raise ConfigError("run: --speakers names the voices diarization finds; it does not go with "
+                              "--no-diarize or --speaker (one name for the whole file)")
+        names = [n.strip() for n in args.speakers.split(",") if n.strip()]
+        diarize = DiarizeConfig(**{**dataclasses.asdict(diarize), "enabled": True, "names": names,
+                                   "max_speakers": max(diarize.max_speakers, len(names))})
+    elif not any(o.split("=", 1)[0].strip() == "stream.diarize.enabled" for o in args.overrides):
+        diarize = dataclasses.replace(diarize, enabled=not (args.no_diarize or args.speaker))
     return dataclasses.replace(cfg, stream=dataclasses.replace(cfg.stream, diarize=diarize))
 
 
@@ -110,7 +118,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "run":
         from actors.run_file import run_file_cli
 
-        cfg = _run_diarization(cfg, args)
+        try:
+            cfg = _run_diarization(cfg, args)
+        except ConfigError as exc:
+            print(f"magtkd-stream: {exc}", file=sys.stderr)
+            return 2
 
         return run_file_cli(cfg, args)
     if args.command == "serve":

@@ -111,6 +111,14 @@ def test_run_with_the_local_backend_from_the_cli(tmp_path: Path) -> None:
                 if e["type"] == "transcript"]
     assert len(speakers) == len(truth) and len(set(speakers)) == 2, speakers
     assert [speakers[truth.index(name)] for name in truth] == speakers, (truth, speakers)
+    named = subprocess.run([*cmd[:-2], "--speakers", "Ana,Ben", "--out", str(tmp_path / "named.jsonl")],
+                           capture_output=True, text=True, env=env, timeout=600)
+    assert named.returncode == 0, named.stderr[-2000:]
+    assert [e["speaker"] for e in map(json.loads, (tmp_path / "named.jsonl").read_text().splitlines())
+            if e["type"] == "transcript"] == truth, "the names go to the voices in order of appearance"
+    clash = subprocess.run([*cmd, "--speakers", "Ana,Ben", "--no-diarize"], capture_output=True, text=True,
+                           env=env, timeout=120)
+    assert clash.returncode == 2 and "--speakers" in clash.stderr, clash.stderr
     single = subprocess.run([*cmd[:-2], "--no-diarize", "--out", str(tmp_path / "one.jsonl")],
                             capture_output=True, text=True, env=env, timeout=600)
     assert single.returncode == 0, single.stderr[-2000:]

@@ -111,3 +111,11 @@ def test_librispeech_speakers_are_attributed(embedder: SpeakerEmbedder) -> None:
     truth = [f.name.split("-")[0] for f in order]
     mapping = {t: g for t, g in zip(truth, got)}
     assert len(set(mapping.values())) == 3 and [mapping[t] for t in truth] == got, list(zip(truth, got))
+
+
+def test_names_label_speakers_in_order_of_appearance() -> None:
+    emb = TableEmbedder({1: [1, 0, 0], 2: [0, 1, 0], 3: [0, 0, 1]})
+    d = OnlineDiarizer(DiarizeConfig(enabled=True, names=["Ana", "B"], max_speakers=3), emb)
+    assert [d.assign(clip(k))[0] for k in (2, 1, 3, 2)] == ["Ana", "B", "A", "Ana"], "made-up labels avoid names"
+    with pytest.raises(ConfigError, match="stream.diarize.names"):
+        load_config("tiny", ["stream.diarize.names=[Ana, Ben, Cy]", "stream.diarize.max_speakers=2"])

@@ -98,10 +98,19 @@ class DiarizeConfig:
     max_speakers: int = 4
     threshold: float = 0.7  # selected on two dev sets (docs/RESULTS.md): emotional dev A and LibriSpeech
     min_new_s: float = 1.0
+    names: list[str] = field(default_factory=list)  # labels for the speakers in order of appearance
 
     def __post_init__(self) -> None:
         def check(ok: bool, key: str, msg: str) -> None:
             _check_key(ok, f"diarize.{key}", msg)
+
+        check(isinstance(self.names, (list, tuple)) and all(isinstance(n, str) and 0 < len(n.strip()) <= 128
+                                                           for n in self.names),
+              "names", f"must be a list of speaker names (1 to 128 characters each), got {self.names!r}")
+        self.names = [n.strip() for n in self.names]
+        check(len(set(self.names)) == len(self.names), "names", f"must not repeat a name, got {self.names!r}")
+        check(len(self.names) <= self.max_speakers if _integer(self.max_speakers) else True, "names",
+              f"names {len(self.names)} speakers, more than max_speakers ({self.max_speakers})")
 
         check(isinstance(self.enabled, bool), "enabled", f"must be true or false, got {self.enabled!r}")
         check(_integer(self.max_speakers) and 1 <= self.max_speakers <= 26, "max_speakers",

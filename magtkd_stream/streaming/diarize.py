@@ -72,7 +72,9 @@ class OnlineDiarizer:
     def __init__(self, cfg: DiarizeConfig, embedder: SpeakerEmbedder, first_label: str = "A") -> None:
         self.cfg = cfg
         self.embed = embedder
-        self.labels = speaker_labels(first_label, cfg.max_speakers)
+        # the client's names first, in order of appearance; then made-up labels that collide with none of them
+        generated = [x for x in speaker_labels(first_label, cfg.max_speakers + len(cfg.names)) if x not in cfg.names]
+        self.labels = (list(cfg.names) + generated)[: cfg.max_speakers]
         self._sums: list[np.ndarray] = []
         self._counts: list[int] = []
         self._lock = threading.Lock()  # assign (the VAD thread) and peek (an interim) may overlap

@@ -9,7 +9,7 @@ import pytest
 
 from magtkd_stream.config import ConfigError, DiarizeConfig, load_config
 from magtkd_stream.names import SAMPLE_RATE
-from magtkd_stream.streaming.diarize import OnlineDiarizer, SpeakerEmbedder, segment_and_label, speaker_labels
+from magtkd_stream.streaming.diarize import OnlineDiarizer, SpeakerEmbedder, speaker_labels
 from shared_data import data_dir
 from speech import synth_speech
 
@@ -57,19 +57,6 @@ def test_speaker_cap_short_utterances_and_peek() -> None:
     before = d.speakers, [s.copy() for s in d._sums]
     assert d.peek(clip(4)) == "B"
     assert d.speakers == before[0] and all(np.array_equal(a, b) for a, b in zip(d._sums, before[1]))
-
-
-def test_segment_and_label_labels_each_job_in_order() -> None:
-    class Job:
-        def __init__(self, key: int) -> None:
-            self.audio, self.speaker = clip(key), "A"
-
-    emb = TableEmbedder({1: [1, 0], 2: [0, 1]})
-    d = OnlineDiarizer(DiarizeConfig(enabled=True), emb)
-    jobs = segment_and_label(d, lambda keys: [Job(k) for k in keys], [1, 2, 1])
-    assert [j.speaker for j in jobs] == ["A", "B", "A"]
-    untouched = segment_and_label(None, lambda keys: [Job(k) for k in keys], [2])
-    assert [j.speaker for j in untouched] == ["A"] and emb.calls == 3
 
 
 def test_config_is_checked_with_its_key() -> None:

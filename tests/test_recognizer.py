@@ -31,7 +31,7 @@ from magtkd_stream.labels import label_set  # noqa: E402
 from magtkd_stream.names import MODALITIES  # noqa: E402
 from magtkd_stream.wire.events import make_session_start  # noqa: E402
 from magtkd_stream.streaming.recognizer import Recognizer  # noqa: E402
-from magtkd_stream.config import StreamConfig  # noqa: E402
+from magtkd_stream.config import DiarizeConfig, StreamConfig  # noqa: E402
 from speech import synth_speech  # noqa: E402
 
 SR = 16000
@@ -564,3 +564,34 @@ def test_no_backend_call_for_a_session_after_its_end_session() -> None:
     assert col.errors == [] and [e["type"] for e in col.events] == ["transcript", "emotion"]
     after = fake.calls[fake.index_of("end_session", "s") + 1 :]
     assert [(c.name, c.session) for c in after if c.session == "s"] == []
+
+
+def test_diarized_speakers_are_given_in_utterance_order_beside_a_slow_asr() -> None:
+    """Each utterance's speaker comes from its voice, in speech order even when an earlier ASR is slow."""
+    stream = dataclasses.replace(CFG.stream, diarize=DiarizeConfig(enabled=True, threshold=0.9))
+    fake, col = FakeBackend(stream), Collector("s")
+    slow_asr = fake.gate("transcribe", 0)
+    voices = iter([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # utterance 0 and 2 one voice, utterance 1 another
+    embedded: list[int] = []
+
+    def embedder(audio: np.ndarray) -> np.ndarray:
+        embedded.append(len(audio))
+        return np.asarray(next(voices), np.float32)
+
+    async def main() -> None:
+        rec = Recognizer(fake, col.publish, vad_threads=1, embedder=embedder)
+        try:
+            await rec.open("s", "Ann", False)
+            await push(rec, "s", conversation(FIRST, SECOND, THIRD))
+            await until(lambda: len(embedded) == 3, "the three utterances' embeddings, ASR 0 still held")
+            slow_asr.set()
+            await rec.end("s")
+        finally:
+            await shut(rec, fake)
+
+    run(main)
+    assert col.errors == []
+    assert [e["speaker"] for e in col.of("s", "transcript")] == ["Ann", "Ann 2", "Ann"]
+    assert [e["speaker"] for e in col.of("s", "emotion")] == ["Ann", "Ann 2", "Ann"]
+    items = text_items(fake)
+    assert list(items["line 2"].context) == [("Ann", "line 0"), ("Ann 2", "line 1")]

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import string
 import threading
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -69,7 +69,8 @@ def speaker_labels(first: str, count: int) -> list[str]:
 class OnlineDiarizer:
     """One session's speakers: a running mean embedding per speaker, labels handed out in order of appearance."""
 
-    def __init__(self, cfg: DiarizeConfig, embedder: SpeakerEmbedder, first_label: str = "A") -> None:
+    def __init__(self, cfg: DiarizeConfig, embedder: Callable[[np.ndarray], np.ndarray],
+                 first_label: str = "A") -> None:
         self.cfg = cfg
         self.embed = embedder
         # the client's names first, in order of appearance; then made-up labels that collide with none of them
@@ -120,16 +121,3 @@ class OnlineDiarizer:
         label = self.labels[len(self._sums) - 1]
         log.debug("new speaker %s", label)
         return label
-
-
-def segment_and_label(diarizer: Optional[OnlineDiarizer], cut: Any, *args: Any) -> list[Any]:
-    """Run a SessionCore cut (push_audio or finish) and give each utterance job its speaker, in order.
-
-    Called on the recognizer's VAD thread, so that the embeddings cost no
-    time on the event loop and a session's utterances are labelled in order.
-    """
-    jobs = cut(*args)
-    if diarizer is not None:
-        for job in jobs:
-            job.speaker, _ = diarizer.assign(job.audio)
-    return jobs

@@ -32,7 +32,7 @@ from magtkd_stream.streaming.backend import Backend, BackendError
 from magtkd_stream.encoders.base import AudioInput, TextInput, VideoInput
 from magtkd_stream.names import MODALITIES
 from magtkd_stream.wire.events import make_emotion, make_transcript, modality_result
-from magtkd_stream.streaming.diarize import OnlineDiarizer, SpeakerEmbedder, segment_and_label
+from magtkd_stream.streaming.diarize import OnlineDiarizer, SpeakerEmbedder
 from magtkd_stream.streaming.recognizer_core import SessionCore, UtteranceJob
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class _Session:
     interim_marks: dict[int, float] = field(default_factory=dict)  # utterance -> seconds spoken at its last interim
     last_crop_ts: float = float("-inf")
     diarizer: Optional[OnlineDiarizer] = None  # stream.diarize.enabled: several voices in this session
+    labelled: Optional[asyncio.Future] = None  # the newest utterance's speaker is known (diarization)
 
 
 async def _timed(aw: Awaitable[Any]) -> tuple[Any, float]:
@@ -84,10 +85,12 @@ class Recognizer:
     voice decides it (magtkd_stream/streaming/diarize.py). `clock` is the wall clock latency is measured with.
     `tap`, when given, sees the encoder vectors of every final utterance that
     fused, so training can learn from exactly what the service computes.
+    `embedder` replaces the speaker encoder diarization uses (a test seam).
     """
 
     def __init__(self, backend: Backend, publish: Optional[PublishFn] = None, clock: Callable[[], float] = time.time,
-                 vad_threads: int = 2, tap: Optional[TapFn] = None) -> None:
+                 vad_threads: int = 2, tap: Optional[TapFn] = None,
+                 embedder: Optional[Callable[[np.ndarray], np.ndarray]] = None) -> None:
         self.backend = backend
         self._publish = publish
         self._tap = tap
@@ -95,7 +98,7 @@ class Recognizer:
         self.sessions: dict[str, _Session] = {}
         self._vad_pool = ThreadPoolExecutor(max_workers=max(1, vad_threads), thread_name_prefix="vad")
         self._vad_model: Any = None
-        self._embedder: Optional[SpeakerEmbedder] = None
+        self._embedder = embedder  # speaker embeddings for diarization; None: resemblyzer's, loaded on first use
         self.model_id: str = backend.info.model
         self.num_frames = backend.cfg.encoders.video.num_frames
         # 0 in the config means "the whole dialogue"; the prompt's token budget truncates it anyway.
@@ -131,8 +134,7 @@ class Recognizer:
         """Float32 mono 16 kHz samples; `wall`: when they arrived (default now)."""
         sess = self._session(session)
         now = self.clock() if wall is None else wall
-        jobs = await asyncio.get_running_loop().run_in_executor(
-            self._vad_pool, segment_and_label, sess.diarizer, sess.core.push_audio, samples, now)
+        jobs = await asyncio.get_running_loop().run_in_executor(self._vad_pool, sess.core.push_audio, samples, now)
         self._launch(sess, jobs)
         self._maybe_interim(sess)
 
@@ -174,8 +176,7 @@ class Recognizer:
                 await asyncio.gather(sess.interim, return_exceptions=True)
             if sess.crops:  # the last frames' faces belong to the last utterance
                 await asyncio.gather(*list(sess.crops), return_exceptions=True)
-            jobs = await asyncio.get_running_loop().run_in_executor(
-                self._vad_pool, segment_and_label, sess.diarizer, sess.core.finish, None)
+            jobs = await asyncio.get_running_loop().run_in_executor(self._vad_pool, sess.core.finish, None)
             self._launch(sess, jobs)
             while sess.tasks:
                 await asyncio.gather(*list(sess.tasks), return_exceptions=True)
@@ -207,8 +208,12 @@ class Recognizer:
                             job.session, len(sess.tasks), job.index)
                 job.frames, job.frame_times = [], []
             transcribed, published = loop.create_future(), loop.create_future()
+            label = None
+            if sess.diarizer is not None:  # beside the ASR, one utterance after the other
+                label = sess.labelled = loop.create_task(self._label(sess, job, sess.labelled),
+                                                         name=f"speaker:{job.session}:{job.index}")
             task = loop.create_task(
-                self._process(sess, job, sess.transcribed, sess.published, transcribed, published),
+                self._process(sess, job, sess.transcribed, sess.published, transcribed, published, label),
                 name=f"utt:{job.session}:{job.index}",
             )
             sess.transcribed, sess.published = transcribed, published
@@ -232,6 +237,7 @@ class Recognizer:
         prev_published: Optional[asyncio.Future],
         transcribed: asyncio.Future,
         published: asyncio.Future,
+        label: Optional[asyncio.Future] = None,
     ) -> None:
         p = self.backend
         stages: dict[str, float] = {"vad_wait": max(0.0, (job.cut_wall - job.end_wall) * 1e3)}
@@ -245,6 +251,8 @@ class Recognizer:
                 job.text = asr.text
             except Exception as exc:
                 error = f"asr: {_describe(exc)}"
+            if label is not None:
+                await label  # job.speaker: the voice's label
             sess.core.set_transcript(job.index, job.text or "", job.speaker)
             if prev_transcribed is not None:
                 await prev_transcribed  # earlier transcripts are this prompt's context
@@ -283,6 +291,16 @@ class Recognizer:
             for fut in (transcribed, published):
                 if not fut.done():
                     fut.set_result(None)
+
+    async def _label(self, sess: _Session, job: UtteranceJob, previous: Optional[asyncio.Future]) -> None:
+        """Give the job its speaker once the session's previous utterance has its own (labels are causal)."""
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)
+        try:
+            job.speaker, _ = await asyncio.get_running_loop().run_in_executor(
+                self._vad_pool, sess.diarizer.assign, job.audio)
+        except Exception as exc:  # a failed embedding costs the label only: the session's name stays
+            log.warning("session %s: speaker of utterance %d unknown: %s", job.session, job.index, _describe(exc))
 
     def _media_tasks(self, job: UtteranceJob) -> dict[str, asyncio.Future]:
         """Video (and, without Whisper audio vectors, audio) encoding, started alongside ASR."""

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from magtkd_stream.config import Config, ConfigError, DiarizeConfig, config_to_dict, load_config
+from magtkd_stream.config import Config, ConfigError, config_to_dict, load_config
 
 log = logging.getLogger("magtkd_stream.cli")
 
@@ -91,8 +91,8 @@ def _run_diarization(cfg: Config, args: argparse.Namespace) -> Config:
             raise ConfigError("run: --speakers names the voices diarization finds; it does not go with "
                               "--no-diarize or --speaker (one name for the whole file)")
         names = [n.strip() for n in args.speakers.split(",") if n.strip()]
-        diarize = DiarizeConfig(**{**dataclasses.asdict(diarize), "enabled": True, "names": names,
-                                   "max_speakers": max(diarize.max_speakers, len(names))})
+        diarize = dataclasses.replace(diarize, enabled=True, names=names,
+                                      max_speakers=max(diarize.max_speakers, len(names)))
     elif not any(o.split("=", 1)[0].strip() == "stream.diarize.enabled" for o in args.overrides):
         diarize = dataclasses.replace(diarize, enabled=not (args.no_diarize or args.speaker))
     return dataclasses.replace(cfg, stream=dataclasses.replace(cfg.stream, diarize=diarize))

@@ -42,7 +42,7 @@ def test_labels_follow_the_alphabet_or_number_a_name() -> None:
 def test_voices_get_stable_labels_in_order_of_appearance() -> None:
     emb = TableEmbedder({1: [1, 0, 0], 2: [0, 1, 0], 3: [0.95, 0.1, 0], 4: [0.05, 1, 0]})
     d = OnlineDiarizer(DiarizeConfig(enabled=True, threshold=0.75), emb)
-    got = [d.assign(clip(k))[0] for k in (1, 2, 3, 4, 1)]
+    got = [d.assign(clip(k)) for k in (1, 2, 3, 4, 1)]
     assert got == ["A", "B", "A", "B", "A"]
     assert d.speakers == 2
 
@@ -50,10 +50,10 @@ def test_voices_get_stable_labels_in_order_of_appearance() -> None:
 def test_speaker_cap_short_utterances_and_peek() -> None:
     emb = TableEmbedder({1: [1, 0, 0], 2: [0, 1, 0], 3: [0, 0, 1], 4: [0.6, 0.8, 0]})
     d = OnlineDiarizer(DiarizeConfig(enabled=True, threshold=0.9, max_speakers=2, min_new_s=1.0), emb)
-    assert d.assign(clip(1))[0] == "A"
-    assert d.assign(clip(2, seconds=0.5))[0] == "A", "too short to open a speaker: the nearest one"
-    assert d.assign(clip(2))[0] == "B"
-    assert d.assign(clip(3))[0] in ("A", "B") and d.speakers == 2, "max_speakers caps the count"
+    assert d.assign(clip(1)) == "A"
+    assert d.assign(clip(2, seconds=0.5)) == "A", "too short to open a speaker: the nearest one"
+    assert d.assign(clip(2)) == "B"
+    assert d.assign(clip(3)) in ("A", "B") and d.speakers == 2, "max_speakers caps the count"
     before = d.speakers, [s.copy() for s in d._sums]
     assert d.peek(clip(4)) == "B"
     assert d.speakers == before[0] and all(np.array_equal(a, b) for a, b in zip(d._sums, before[1]))
@@ -78,7 +78,7 @@ def test_two_synthetic_voices_are_told_apart(embedder: SpeakerEmbedder) -> None:
              "Well, shall we get a coffee before the meeting?", "Yes, and then we can talk about the plan."]
     voices = ["en-us+f3", "en-gb", "en-us+f3", "en-gb"]
     d = OnlineDiarizer(DiarizeConfig(enabled=True), embedder)
-    got = [d.assign(synth_speech(text, voice))[0] for text, voice in zip(lines, voices)]
+    got = [d.assign(synth_speech(text, voice)) for text, voice in zip(lines, voices)]
     assert got == ["A", "B", "A", "B"]
 
 
@@ -94,7 +94,7 @@ def test_librispeech_speakers_are_attributed(embedder: SpeakerEmbedder) -> None:
     chosen = sorted(by_speaker)[:3]
     order = [by_speaker[s][k] for k in range(3) for s in chosen]
     d = OnlineDiarizer(DiarizeConfig(enabled=True), embedder)
-    got = [d.assign(sf.read(str(f), dtype="float32")[0])[0] for f in order]
+    got = [d.assign(sf.read(str(f), dtype="float32")[0]) for f in order]
     truth = [f.name.split("-")[0] for f in order]
     mapping = {t: g for t, g in zip(truth, got)}
     assert len(set(mapping.values())) == 3 and [mapping[t] for t in truth] == got, list(zip(truth, got))
@@ -103,6 +103,6 @@ def test_librispeech_speakers_are_attributed(embedder: SpeakerEmbedder) -> None:
 def test_names_label_speakers_in_order_of_appearance() -> None:
     emb = TableEmbedder({1: [1, 0, 0], 2: [0, 1, 0], 3: [0, 0, 1]})
     d = OnlineDiarizer(DiarizeConfig(enabled=True, names=["Ana", "B"], max_speakers=3), emb)
-    assert [d.assign(clip(k))[0] for k in (2, 1, 3, 2)] == ["Ana", "B", "A", "Ana"], "made-up labels avoid names"
+    assert [d.assign(clip(k)) for k in (2, 1, 3, 2)] == ["Ana", "B", "A", "Ana"], "made-up labels avoid names"
     with pytest.raises(ConfigError, match="stream.diarize.names"):
         load_config("tiny", ["stream.diarize.names=[Ana, Ben, Cy]", "stream.diarize.max_speakers=2"])

@@ -104,14 +104,6 @@ class DiarizeConfig:
         def check(ok: bool, key: str, msg: str) -> None:
             _check_key(ok, f"diarize.{key}", msg)
 
-        check(isinstance(self.names, (list, tuple)) and all(isinstance(n, str) and 0 < len(n.strip()) <= 128
-                                                           for n in self.names),
-              "names", f"must be a list of speaker names (1 to 128 characters each), got {self.names!r}")
-        self.names = [n.strip() for n in self.names]
-        check(len(set(self.names)) == len(self.names), "names", f"must not repeat a name, got {self.names!r}")
-        check(len(self.names) <= self.max_speakers if _integer(self.max_speakers) else True, "names",
-              f"names {len(self.names)} speakers, more than max_speakers ({self.max_speakers})")
-
         check(isinstance(self.enabled, bool), "enabled", f"must be true or false, got {self.enabled!r}")
         check(_integer(self.max_speakers) and 1 <= self.max_speakers <= 26, "max_speakers",
               f"must be an integer in [1, 26], got {self.max_speakers!r}")
@@ -119,6 +111,13 @@ class DiarizeConfig:
               f"must be a cosine similarity in [-1, 1], got {self.threshold!r}")
         check(_number(self.min_new_s) and self.min_new_s >= 0, "min_new_s",
               f"must be >= 0 seconds, got {self.min_new_s!r}")
+        check(isinstance(self.names, (list, tuple)) and all(isinstance(n, str) and 0 < len(n.strip()) <= 128
+                                                           for n in self.names),
+              "names", f"must be a list of speaker names (1 to 128 characters each), got {self.names!r}")
+        self.names = [n.strip() for n in self.names]
+        check(len(set(self.names)) == len(self.names), "names", f"must not repeat a name, got {self.names!r}")
+        check(len(self.names) <= self.max_speakers, "names",
+              f"names {len(self.names)} speakers, more than max_speakers ({self.max_speakers})")
 
 
 @dataclass

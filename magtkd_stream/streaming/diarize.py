@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import string
 import threading
-from typing import Any, Callable, Optional
+from typing import Any, Callable
 
 import numpy as np
 
@@ -76,34 +76,28 @@ class OnlineDiarizer:
         # the client's names first, in order of appearance; then made-up labels that collide with none of them
         generated = [x for x in speaker_labels(first_label, cfg.max_speakers + len(cfg.names)) if x not in cfg.names]
         self.labels = (list(cfg.names) + generated)[: cfg.max_speakers]
-        self._sums: list[np.ndarray] = []
-        self._counts: list[int] = []
+        self._sums: list[np.ndarray] = []  # per speaker, the sum of its embeddings (its direction is the centroid)
         self._lock = threading.Lock()  # assign (the VAD thread) and peek (an interim) may overlap
 
     @property
     def speakers(self) -> int:
         return len(self._sums)
 
-    def assign(self, audio: np.ndarray) -> tuple[str, Optional[float]]:
-        """The speaker label of one utterance's audio, and its similarity to that speaker (None: a new one)."""
+    def assign(self, audio: np.ndarray) -> str:
+        """The speaker label of one utterance's audio (a speaker's mean takes in only confident matches)."""
         seconds = len(audio) / SAMPLE_RATE
         emb = self.embed(audio)
         with self._lock:
-            return self._assign(emb, seconds)
-
-    def _assign(self, emb: np.ndarray, seconds: float) -> tuple[str, Optional[float]]:
-        if not self._sums:
-            return self._open(emb), None
-        centroids = np.stack([s / max(float(np.linalg.norm(s)), 1e-8) for s in self._sums])
-        sims = centroids @ emb
-        best = int(np.argmax(sims))
-        similar = float(sims[best]) >= self.cfg.threshold
-        if not similar and seconds >= self.cfg.min_new_s and len(self._sums) < self.cfg.max_speakers:
-            return self._open(emb), None
-        if similar:  # a doubtful match (too short to open a speaker, or no room) leaves the mean alone
-            self._sums[best] = self._sums[best] + emb
-            self._counts[best] += 1
-        return self.labels[best], float(sims[best])
+            if not self._sums:
+                return self._open(emb)
+            sims = _similarities(self._sums, emb)
+            best = int(np.argmax(sims))
+            similar = float(sims[best]) >= self.cfg.threshold
+            if not similar and seconds >= self.cfg.min_new_s and len(self._sums) < self.cfg.max_speakers:
+                return self._open(emb)
+            if similar:  # a doubtful match (too short to open a speaker, or no room) leaves the mean alone
+                self._sums[best] = self._sums[best] + emb
+            return self.labels[best]
 
     def peek(self, audio: np.ndarray) -> str:
         """The label the speech so far would most likely get, changing nothing (for interim events)."""
@@ -112,12 +106,16 @@ class OnlineDiarizer:
         emb = self.embed(audio)
         with self._lock:
             sums = list(self._sums)
-        centroids = np.stack([s / max(float(np.linalg.norm(s)), 1e-8) for s in sums])
-        return self.labels[int(np.argmax(centroids @ emb))]
+        return self.labels[int(np.argmax(_similarities(sums, emb)))]
 
     def _open(self, emb: np.ndarray) -> str:
         self._sums.append(emb.copy())
-        self._counts.append(1)
         label = self.labels[len(self._sums) - 1]
         log.debug("new speaker %s", label)
         return label
+
+
+def _similarities(sums: list[np.ndarray], emb: np.ndarray) -> np.ndarray:
+    """Cosine similarity of a unit embedding to each speaker's centroid (the direction of its sum)."""
+    centroids = np.stack([s / max(float(np.linalg.norm(s)), 1e-8) for s in sums])
+    return centroids @ emb

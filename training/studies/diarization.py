@@ -130,7 +130,7 @@ def sweep(convos: Sequence[list[Turn]], embedder: SpeakerEmbedder,
         pairs = {}
         for k, (c, embs) in enumerate(zip(convos, embeddings)):
             d = OnlineDiarizer(DiarizeConfig(enabled=True, threshold=th), Cached(embs))  # type: ignore[arg-type]
-            pairs[str(k)] = [(t.speaker, d.assign(t.audio)[0]) for t in c]
+            pairs[str(k)] = [(t.speaker, d.assign(t.audio)) for t in c]
         out[str(th)] = attribution_summary(pairs)
     return out
 

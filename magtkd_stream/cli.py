@@ -91,8 +91,11 @@ def _run_diarization(cfg: Config, args: argparse.Namespace) -> Config:
             raise ConfigError("run: --speakers names the voices diarization finds; it does not go with "
                               "--no-diarize or --speaker (one name for the whole file)")
         names = [n.strip() for n in args.speakers.split(",") if n.strip()]
-        diarize = dataclasses.replace(diarize, enabled=True, names=names,
-                                      max_speakers=max(diarize.max_speakers, len(names)))
+        try:
+            diarize = dataclasses.replace(diarize, enabled=True, names=names,
+                                          max_speakers=max(diarize.max_speakers, len(names)))
+        except ConfigError as exc:
+            raise ConfigError(f"run --speakers {args.speakers!r}: stream.{exc}") from None
     elif not any(o.split("=", 1)[0].strip() == "stream.diarize.enabled" for o in args.overrides):
         diarize = dataclasses.replace(diarize, enabled=not (args.no_diarize or args.speaker))
     return dataclasses.replace(cfg, stream=dataclasses.replace(cfg.stream, diarize=diarize))

@@ -13,6 +13,7 @@
     magtkd-train compose --split dev --data ../shared/data --out runs/dev-compose --conversations 24 --seed 0
     magtkd-train score-dev --dev runs/dev-compose --out runs/dev-score [--limit 4]   (the product on them)
     magtkd-train diarization --data ../shared/data --out runs/diarization   (who speaks: attribution, DER)
+    magtkd-train decision --checkpoint CK --served runs/train-served --select runs/dev-served --out CK2
 
 A recipe is a configuration file that starts from a profile (`base: lite`) and adds `train:`;
 data locations are flags, never config keys. `--profile-override tiny` swaps in
@@ -37,6 +38,7 @@ from training.cli_commands import (
     UsageError,
     _cmd_all,
     _cmd_compose,
+    _cmd_decision,
     _cmd_diarization,
     _cmd_evaluate,
     _cmd_extract,
@@ -97,6 +99,8 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
         return _cmd_score_dev(args)
     if args.command == "faces":
         return _cmd_faces(args)
+    if args.command == "decision":
+        return _cmd_decision(args)
     if args.command == "diarization":
         return _cmd_diarization(args)
     if args.command == "face-cnn":

@@ -424,6 +424,22 @@ def _cmd_faces(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def _cmd_decision(args: argparse.Namespace) -> dict[str, Any]:
+    from training.stage2.decision import run_decision
+
+    _exists(args.checkpoint, "decision: --checkpoint", "file")
+    for folder in (*args.served, *args.select):
+        _exists(folder / "summary.json", "decision: --served/--select", "file")
+    if args.out.resolve() == args.checkpoint.resolve():
+        raise UsageError("decision: --out must differ from --checkpoint (the served runs name that file's digest)")
+    try:
+        summary = run_decision(args.checkpoint, args.served, args.select, args.out, args.report)
+    except ValueError as exc:
+        raise UsageError(f"decision: {' '.join(str(exc).split())}") from None
+    print(json.dumps({k: v for k, v in summary.items() if k != "grid"}, indent=2))
+    return summary
+
+
 def _cmd_score_dev(args: argparse.Namespace) -> dict[str, Any]:
     from training.devset.score_dev import score_dev, table
 

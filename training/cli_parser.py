@@ -196,6 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging on the console")
 
+    p = sub.add_parser("decision", help="fit the decision layer (MAGT weighed against each modality's head) on "
+                                        "served train compositions; choose it on a served dev one")
+    p.add_argument("--checkpoint", type=Path, required=True, help="the checkpoint that served the runs")
+    p.add_argument("--served", type=Path, action="append", required=True,
+                   help="a `score-dev --vectors` run of a train composition (repeatable): the layer is fitted on it")
+    p.add_argument("--select", type=Path, action="append", required=True,
+                   help="a `score-dev --vectors` run of a dev composition (repeatable): the layer is chosen on it")
+    p.add_argument("--out", type=Path, required=True, help="the extended checkpoint (.safetensors) to write")
+    p.add_argument("--report", type=Path, default=None, help="also write the fit's report as JSON here")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging on the console")
+
     p = sub.add_parser("score-dev", help="run composed conversations through `magtkd-stream run` and score them")
     p.add_argument("--dev", type=Path, required=True, help="a folder written by `compose` (rendered)")
     p.add_argument("--out", type=Path, required=True, help="where events/, summary.json and confusion.png go")

@@ -22,6 +22,7 @@ from torch import nn
 from magtkd_stream.model.checkpoint import Checkpoint, CheckpointError, load_checkpoint, model_id
 from magtkd_stream.config import Config
 from magtkd_stream.encoders.base import ModalityHead
+from magtkd_stream.model.decision import DecisionLayer
 from magtkd_stream.names import MODALITIES
 from magtkd_stream.model.magt import MAGT
 from magtkd_stream.names import UNTRAINED_MODEL_ID
@@ -119,6 +120,8 @@ class FusionModel(nn.Module):
         # Per-speaker running normalisation of backbone vectors before the head, by modality (the
         # heads were trained on vectors normalised this way); each session gets fresh statistics.
         self.speaker_norm: dict[str, SpeakerNormalizer] = {}
+        # MAGT weighed against the heads (magtkd_stream/model/decision.py); None: MAGT's output is final.
+        self.decision: DecisionLayer | None = None
         self.labels: list[str] = []  # class names, set when loaded from a checkpoint
         self.model_id = UNTRAINED_MODEL_ID  # the checkpoint's id once loaded (FusionModel.load)
 
@@ -145,6 +148,12 @@ class FusionModel(nn.Module):
                 raise ValueError(f"checkpoint speaker_norm for {m} has width {norm.prior_mean.size}, "
                                  f"the {m} head reads {dims[m]}")
             model.speaker_norm[m] = norm
+        decision = ck.state_dict("decision")
+        if decision:
+            model.decision = DecisionLayer.from_parts(decision, ck.extra.get("decision") or {})
+            if model.decision.bias.shape[0] != len(ck.labels):
+                raise ValueError(f"checkpoint decision layer has {model.decision.bias.shape[0]} classes, "
+                                 f"the labels {len(ck.labels)}")
         return model.eval()
 
     @classmethod
@@ -192,6 +201,10 @@ class FusionModel(nn.Module):
         """(features (B, feature_dim), calibrated stage-1 logits (B, C)) from backbone vectors (B, dim)."""
         feats, logits = self.heads[modality](vectors)
         return feats, logits / self.temperature[modality]
+
+    def decide(self, fused: np.ndarray, heads: Mapping[str, np.ndarray | None]) -> np.ndarray:
+        """The final (C,) probabilities of one utterance from MAGT's and the present heads' probabilities."""
+        return np.asarray(fused) if self.decision is None else self.decision(fused, heads)
 
     @torch.inference_mode()
     def predict_last(self, windows: Sequence[SessionWindow]) -> list[np.ndarray]:

@@ -236,7 +236,7 @@ class FusionWorker:
         self.window = (magt.window if window is None else window) or magt.max_len
         self.max_speakers = magt.max_speakers
         self.windows: dict[str, Any] = {}
-        self.batcher = MicroBatcher(self._fuse_batch, wait_ms / 1000, max_batch, "fusion")
+        self.batcher = MicroBatcher(self.fuse_batch, wait_ms / 1000, max_batch, "fusion")
 
     def info(self) -> dict[str, Any]:
         return {"model": self.model_id, "labels": list(self.labels), "window": self.window,
@@ -249,20 +249,28 @@ class FusionWorker:
             self.windows[session] = SessionWindow(self.window, self.max_speakers, self.model.session_normalizers())
         return self.windows[session]
 
-    def _fuse_batch(
+    def fuse_batch(
         self, items: list[tuple[str, str, dict[str, Optional[np.ndarray]], bool]]
     ) -> list[dict[str, Any]]:
+        """Items (session, speaker, backbone vectors, commit) -> {"probs", "magt", "modalities"} each, in order.
+
+        "probs" is the final prediction, "magt" MAGT's own before the decision layer (training fits that layer
+        on it), "modalities" each head's own probabilities (None when absent). Called by the batcher's thread;
+        training replays recorded sessions through it directly.
+        """
         import torch
 
         from magtkd_stream.names import MODALITIES
 
         feats: list[dict[str, Optional[np.ndarray]]] = [{} for _ in items]
         mprobs: list[dict[str, Optional[dict[str, float]]]] = [{} for _ in items]
+        hprobs: list[dict[str, Optional[np.ndarray]]] = [{} for _ in items]
         for m in MODALITIES:
             rows = [i for i, (_, _, vecs, _) in enumerate(items) if vecs.get(m) is not None]
             for i in range(len(items)):
                 feats[i][m] = None
                 mprobs[i][m] = None
+                hprobs[i][m] = None
             if not rows:
                 continue
             # in item order, so a session's normaliser sees its utterances as they were spoken
@@ -275,14 +283,15 @@ class FusionWorker:
             for j, i in enumerate(rows):
                 feats[i][m] = f[j].numpy().copy()
                 mprobs[i][m] = self._named(probs[j])
-        fused: list[Optional[dict[str, float]]] = [None] * len(items)
+                hprobs[i][m] = probs[j]
+        fused: list[Optional[np.ndarray]] = [None] * len(items)
         group: list[tuple[int, Any]] = []  # (item, the window MAGT reads for it)
         committed: set[str] = set()
         for i in range(len(items) + 1):
             # A session commits at most once per MAGT call, which keeps its utterances in order.
             if i == len(items) or (items[i][3] and items[i][0] in committed):
                 for (k, _), p in zip(group, self.model.predict_last([w for _, w in group])):
-                    fused[k] = self._named(p)
+                    fused[k] = p
                 group, committed = [], set()
             if i < len(items):
                 session, speaker, _, commit = items[i]
@@ -293,7 +302,8 @@ class FusionWorker:
                 else:
                     window = window.with_pending(speaker, feats[i])
                 group.append((i, window))
-        return [{"probs": fused[i], "modalities": mprobs[i]} for i in range(len(items))]
+        return [{"probs": self._named(self.model.decide(fused[i], hprobs[i])), "magt": self._named(fused[i]),
+                 "modalities": mprobs[i]} for i in range(len(items))]
 
     def _named(self, probs: np.ndarray) -> dict[str, float]:
         p = np.asarray(probs, dtype=np.float64)

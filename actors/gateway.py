@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed
 from actors.gateway_auth import Identity, token_table
 from actors.gateway_guard import ConnectionGuard, remote_host
 from actors.gateway_publisher import PublisherSession
+from actors.gateway_rooms import Conversations
 from magtkd_stream.wire.bus import ALL, EventBus, Subscription, SubscriptionDropped
 from magtkd_stream.config import ConfigError, GatewayConfig
 from magtkd_stream.config.gateway import TOKENS_ENV
@@ -55,7 +56,9 @@ class SessionSink(Protocol):
 
     def attach(self, publish: PublishFn) -> None: ...
 
-    async def open(self, session: str, speaker: Optional[str], video: bool) -> None: ...
+    async def open(self, session: str, speaker: Optional[str], video: bool,
+                   conversation: Optional[str] = None) -> None:
+        """conversation: the session is a participant of it (one context window with its other participants)."""
 
     async def audio(self, session: str, samples: np.ndarray, wall: float) -> None:
         """samples: float32, mono, 16 kHz, in [-1, 1); continuous across calls. wall: arrival time (time.time())."""
@@ -106,6 +109,7 @@ class Gateway:
         self._publishers: dict[ServerConnection, PublisherSession] = {}
         self._subscribers: dict[ServerConnection, Subscription] = {}
         self._subs_by_token: dict[str, int] = {}  # subscriber connections per token
+        self.conversations = Conversations()  # the live conversations publishers joined
         self._handlers: set[asyncio.Task] = set()
         self.errors_sent: collections.Counter[str] = collections.Counter()  # by code, for the metrics
         self.guard = ConnectionGuard(
@@ -207,8 +211,13 @@ class Gateway:
         self.errors_sent[exc.code] += 1
         return error_message(exc, session if session not in (None, ALL) else None)
 
-    def _welcome(self, role: str, session: str, sessions: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-        msg = control("welcome", role=role, session=session, limits=self.config.limits())
+    def _welcome(self, role: str, session: Optional[str], sessions: Optional[dict[str, Any]] = None,
+                 conversation: Optional[str] = None) -> dict[str, Any]:
+        msg = control("welcome", role=role, limits=self.config.limits())
+        if session is not None:
+            msg["session"] = session
+        if conversation is not None:
+            msg["conversation"] = conversation
         if sessions is not None:
             msg["sessions"] = sessions
         return msg
@@ -234,8 +243,8 @@ class Gateway:
             hello, identity = accepted
             ws.protocol.max_message_size = _hard_cap(self.config.max_message_bytes)
             role = "publisher" if isinstance(hello, PublisherHello) else "subscriber"
-            log.info("%s of session %r accepted from %s (tenant %s)", role, hello.session,
-                     remote_host(ws) or "?", identity.tenant)
+            target = hello.target if isinstance(hello, SubscriberHello) else repr(hello.session)
+            log.info("%s of %s accepted from %s (tenant %s)", role, target, remote_host(ws) or "?", identity.tenant)
             if isinstance(hello, PublisherHello):
                 pub = PublisherSession(self, ws, hello, hello.token, identity.tenant)
                 self._publishers[ws] = pub
@@ -304,7 +313,7 @@ class Gateway:
                     f"this token already has {held} subscriber connections (limit "
                     f"{self.config.max_subscribers_per_token}); close one, or subscribe once to '*' for every session",
                 )
-            sub = self.bus.subscribe(hello.session, hello.resume, scope)
+            sub = self.bus.subscribe(hello.session or "", hello.resume, scope, hello.conversation)
         except ProtocolError as exc:
             await self._fatal(ws, exc)
             return
@@ -312,8 +321,12 @@ class Gateway:
         self._subs_by_token[token] = self._subs_by_token.get(token, 0) + 1
         try:
             known = self.bus.sessions(scope)
-            covered = known if hello.session == ALL else {k: v for k, v in known.items() if k == hello.session}
-            await ws.send(dumps(self._welcome("subscriber", hello.session, covered)))
+            if hello.conversation is not None:
+                members = set(self.bus.conversation_sessions(hello.conversation))
+                covered = {k: v for k, v in known.items() if k in members}
+            else:
+                covered = known if hello.session == ALL else {k: v for k, v in known.items() if k == hello.session}
+            await ws.send(dumps(self._welcome("subscriber", hello.session, covered, hello.conversation)))
             sender = asyncio.create_task(self._send_events(ws, sub))
             reader = asyncio.create_task(self._read_subscriber(ws))
             dropped = asyncio.create_task(sub.wait_dropped())
@@ -322,7 +335,7 @@ class Gateway:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
             if dropped in done and sub.refusal is not None:
-                await self._fatal(ws, sub.refusal, hello.session)
+                await self._fatal(ws, sub.refusal, hello.session)  # None for a conversation
             elif dropped in done:
                 try:
                     msg = dumps(control("dropped", reason=dropped.result()))

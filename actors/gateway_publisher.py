@@ -71,6 +71,7 @@ class PublisherSession:
 
     async def run(self) -> None:
         bus, sink = self.gw.bus, self.gw.sink
+        conversation = self.hello.conversation
         try:
             self.gw._claim(self.token, self.session)
         except ProtocolError as exc:
@@ -78,12 +79,19 @@ class PublisherSession:
             self.done.set()
             return
         reason = "error"
+        joined = False
         try:
             try:
+                offset = 0.0
+                if conversation is not None:  # the prompt and the window tell participants apart by name
+                    offset = self.gw.conversations.join(conversation, self.session,
+                                                        self.hello.speaker or self.session, self.tenant)
+                    joined = True
                 bus.start_session(
                     self.session,
                     make_session_start(
-                        self.session, self.hello.speaker, self.hello.video, self.hello.sample_rate, time.time()
+                        self.session, self.hello.speaker, self.hello.video, self.hello.sample_rate, time.time(),
+                        conversation, offset,
                     ),
                     self.tenant,
                 )
@@ -92,14 +100,14 @@ class PublisherSession:
                 return
             self.started = True
             try:
-                await sink.open(self.session, self.hello.speaker, self.hello.video)
+                await sink.open(self.session, self.hello.speaker, self.hello.video, conversation)
             except Exception as exc:  # the pipeline refused the session: fatal for it alone
                 log.exception("sink.open failed for session %s", self.session)
                 self._end_bus("error")
                 await self.gw._fatal(self.ws, ProtocolError("internal", f"pipeline could not open the session: {exc}"))
                 return
             self.sink_opened = True
-            await self.ws.send(dumps(self.gw._welcome("publisher", self.session)))
+            await self.ws.send(dumps(self.gw._welcome("publisher", self.session, conversation=conversation)))
             reason = await self._stream()
         except ConnectionClosed:
             reason = "disconnected"
@@ -112,6 +120,8 @@ class PublisherSession:
                     log.exception("sink.end failed on session %s", self.session)
             if self.started and self.end_seq is None:  # paths that ended before the worker existed
                 self._end_bus("server_stopping" if self.gw.stopping else reason)
+            if joined:
+                self.gw.conversations.leave(self.session)
             self.gw._release(self.token, self.session)
             self.done.set()
 

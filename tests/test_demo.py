@@ -276,7 +276,7 @@ class RecordingSink:
     def attach(self, publish) -> None:
         self.publish = publish
 
-    async def open(self, session, speaker, video) -> None:
+    async def open(self, session, speaker, video, conversation=None) -> None:
         self.opened = (speaker, video)
 
     async def audio(self, session, samples, wall) -> None:

@@ -52,7 +52,7 @@ class ScriptedSink:
     def attach(self, publish) -> None:
         self.publish = publish
 
-    async def open(self, session, speaker, video) -> None:
+    async def open(self, session, speaker, video, conversation=None) -> None:
         self.opened[session] = (speaker, video)
 
     async def audio(self, session, samples, wall) -> None:
@@ -540,6 +540,18 @@ async def case_unknown_session(gw, sink, live) -> None:
 async def case_session_taken(gw, sink, live) -> None:
     await live.wait()
     await expect_error(await raw(gw, hello(session="good")), "session_taken", True, "good")
+
+
+async def case_speaker_taken(gw, sink, live) -> None:
+    ann = await publisher(gw, "c-ann", token=TOKEN_B, speaker="Ann", conversation="call")
+    await expect_error(await raw(gw, hello(session="c-ann2", token=TOKEN_B, speaker="Ann", conversation="call")),
+                       "speaker_taken", True, "'Ann'", "'call'")
+    assert gw.bus.state("c-ann2") is None  # refused before the session started
+    await expect_error(await raw(gw, hello(session="c-bo", speaker="Bo", conversation="call")),  # TOKEN: another tenant
+                       "forbidden", True, "another tenant")
+    await finish(ann)
+    ann2 = await publisher(gw, "c-ann2", token=TOKEN_B, speaker="Ann", conversation="call")  # the name is free again
+    await finish(ann2)
 
 
 async def case_too_many_sessions(gw, sink, live) -> None:

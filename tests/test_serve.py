@@ -267,7 +267,7 @@ class RecordingSink:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
 
-    async def open(self, session: str, speaker: Optional[str], video: bool) -> None:
+    async def open(self, session: str, speaker: Optional[str], video: bool, conversation: Optional[str] = None) -> None:
         self.calls.append(("open", (session, video)))
 
     async def audio(self, session: str, samples: np.ndarray, wall: Optional[float] = None) -> None:

@@ -33,7 +33,7 @@ from magtkd_stream.encoders.base import AudioInput, TextInput, VideoInput
 from magtkd_stream.names import MODALITIES
 from magtkd_stream.wire.events import make_emotion, make_transcript, modality_result
 from magtkd_stream.streaming.diarize import OnlineDiarizer, SpeakerEmbedder
-from magtkd_stream.streaming.recognizer_core import SessionCore, UtteranceJob
+from magtkd_stream.streaming.recognizer_core import SessionCore, Transcripts, UtteranceJob
 
 log = logging.getLogger(__name__)
 
@@ -44,14 +44,35 @@ ALL_CONTEXT_TURNS = 32  # earlier transcripts kept per session when the config a
 MAX_CROPS_IN_FLIGHT = 4  # per session; a real-time stream at crop_fps never comes close
 
 
+CONVERSATION_KEY = "conversation:"  # fusion windows of conversations; session ids never hold a ":"
+
+
+@dataclass
+class _Conversation:
+    """What a conversation's participants share: one context window, one prompt context, one order.
+
+    A session of its own is a conversation of one participant (its key is the
+    session id). Utterances of all participants take turns in the order the
+    VAD cuts them, and each turn waits for the earlier ones' transcripts (its
+    prompt's context) and events (the window stays causal).
+    """
+
+    key: str  # the fusion window's name
+    transcripts: Transcripts
+    name: Optional[str] = None  # the conversation id the clients gave; None: a session of its own
+    members: set[str] = field(default_factory=set)
+    turns: int = 0  # utterances cut so far, over every participant
+    transcribed: Optional[asyncio.Future] = None  # the newest turn's transcript is known
+    published: Optional[asyncio.Future] = None  # the newest turn's events are out
+
+
 @dataclass
 class _Session:
     core: SessionCore
     speaker: str
     video: bool
+    conv: _Conversation
     tasks: set[asyncio.Task] = field(default_factory=set)
-    transcribed: Optional[asyncio.Future] = None  # the newest utterance's transcript is known
-    published: Optional[asyncio.Future] = None  # the newest utterance's events are out
     utterances: int = 0
     failed: int = 0
     crops: set[asyncio.Task] = field(default_factory=set)  # face crops in flight (crop on arrival)
@@ -96,6 +117,7 @@ class Recognizer:
         self._tap = tap
         self.clock = clock
         self.sessions: dict[str, _Session] = {}
+        self.conversations: dict[str, _Conversation] = {}  # by key
         self._vad_pool = ThreadPoolExecutor(max_workers=max(1, vad_threads), thread_name_prefix="vad")
         self._vad_model: Any = None
         self._embedder = embedder  # speaker embeddings for diarization; None: resemblyzer's, loaded on first use
@@ -109,7 +131,8 @@ class Recognizer:
     def attach(self, publish: PublishFn) -> None:
         self._publish = publish
 
-    async def open(self, session: str, speaker: Optional[str], video: bool) -> None:
+    async def open(self, session: str, speaker: Optional[str], video: bool, conversation: Optional[str] = None) -> None:
+        """Open a session; with `conversation`, it joins that conversation's window and context (made if new)."""
         if session in self.sessions:
             raise ValueError(f"session {session!r} is already open in this sink")
         loop = asyncio.get_running_loop()
@@ -128,7 +151,12 @@ class Recognizer:
             if self._embedder is None:
                 self._embedder = await loop.run_in_executor(self._vad_pool, SpeakerEmbedder)
             diarizer = OnlineDiarizer(self.backend.stream.diarize, self._embedder, name)
-        self.sessions[session] = _Session(core, name, video, diarizer=diarizer)
+        key = session if conversation is None else CONVERSATION_KEY + conversation
+        conv = self.conversations.get(key)
+        if conv is None:
+            conv = self.conversations[key] = _Conversation(key, Transcripts(self.context_turns), conversation)
+        conv.members.add(session)
+        self.sessions[session] = _Session(core, name, video, conv, diarizer=diarizer)
 
     async def audio(self, session: str, samples: np.ndarray, wall: Optional[float] = None) -> None:
         """Float32 mono 16 kHz samples; `wall`: when they arrived (default now)."""
@@ -182,10 +210,14 @@ class Recognizer:
                 await asyncio.gather(*list(sess.tasks), return_exceptions=True)
         finally:
             del self.sessions[session]
-            try:
-                await self.backend.end_session(session)
-            except Exception as exc:  # the window is lost with a dead worker anyway
-                log.warning("fusion end_session(%s): %s", session, _describe(exc))
+            conv = sess.conv
+            conv.members.discard(session)
+            if not conv.members:  # the last participant left: the conversation's window goes
+                self.conversations.pop(conv.key, None)
+                try:
+                    await self.backend.end_session(conv.key)
+                except Exception as exc:  # the window is lost with a dead worker anyway
+                    log.warning("fusion end_session(%s): %s", conv.key, _describe(exc))
 
     async def close(self) -> None:
         """End every open session (server shutdown), then release the VAD threads."""
@@ -207,16 +239,19 @@ class Recognizer:
                 log.warning("session %s: %d utterances in flight; utterance %d goes without video",
                             job.session, len(sess.tasks), job.index)
                 job.frames, job.frame_times = [], []
+            conv = sess.conv
             transcribed, published = loop.create_future(), loop.create_future()
             label = None
             if sess.diarizer is not None:  # beside the ASR, one utterance after the other
                 label = sess.labelled = loop.create_task(self._label(sess, job, sess.labelled),
                                                          name=f"speaker:{job.session}:{job.index}")
             task = loop.create_task(
-                self._process(sess, job, sess.transcribed, sess.published, transcribed, published, label),
+                self._process(sess, job, conv.turns, conv.transcribed, conv.published, transcribed, published,
+                              label),
                 name=f"utt:{job.session}:{job.index}",
             )
-            sess.transcribed, sess.published = transcribed, published
+            conv.turns += 1
+            conv.transcribed, conv.published = transcribed, published
             sess.utterances += 1
             sess.tasks.add(task)
             task.add_done_callback(sess.tasks.discard)
@@ -233,6 +268,7 @@ class Recognizer:
         self,
         sess: _Session,
         job: UtteranceJob,
+        turn: int,
         prev_transcribed: Optional[asyncio.Future],
         prev_published: Optional[asyncio.Future],
         transcribed: asyncio.Future,
@@ -253,25 +289,25 @@ class Recognizer:
                 error = f"asr: {_describe(exc)}"
             if label is not None:
                 await label  # job.speaker: the voice's label
-            sess.core.set_transcript(job.index, job.text or "", job.speaker)
+            sess.conv.transcripts.set(turn, job.speaker, job.text or "")
             if prev_transcribed is not None:
-                await prev_transcribed  # earlier transcripts are this prompt's context
+                await prev_transcribed  # earlier transcripts (every participant's) are this prompt's context
             if not transcribed.done():
                 transcribed.set_result(None)
             if error is None and (job.text or "").strip():
-                item = TextInput(job.speaker, job.text or "", sess.core.context_before(job.index))
+                item = TextInput(job.speaker, job.text or "", sess.conv.transcripts.before(turn))
                 side["text"] = asyncio.ensure_future(_timed(p.encode("text", [item])))
             if prev_published is not None:
                 await prev_published
             if asr is not None:
                 self._emit(job.session, make_transcript(job.session, job.index, job.text or "", job.speaker,
-                                                        job.start_s, job.end_s))
+                                                        job.start_s, job.end_s, sess.conv.name))
             vectors, side_error = await self._vectors(asr, side, stages)
             error = error or side_error
             fused: Optional[dict[str, Any]] = None
             if error is None:
                 try:
-                    fused, stages["fusion"] = await _timed(p.fuse(job.session, job.speaker, vectors))
+                    fused, stages["fusion"] = await _timed(p.fuse(sess.conv.key, job.speaker, vectors))
                 except Exception as exc:
                     error = f"fusion: {_describe(exc)}"
             if fused is not None and self._tap is not None:
@@ -351,6 +387,7 @@ class Recognizer:
         job = sess.core.open_utterance()
         if job is None:
             return
+        job.context = sess.conv.transcripts.before(sess.conv.turns)
         sess.interim_marks = {index: spoken}
         sess.interim = asyncio.get_running_loop().create_task(self._interim(sess, job),
                                                               name=f"interim:{job.session}:{job.index}")
@@ -372,7 +409,7 @@ class Recognizer:
             vectors, error = await self._vectors(asr, side, stages)
             if error is not None:
                 raise RuntimeError(error)
-            fused, stages["fusion"] = await _timed(p.peek(job.session, job.speaker, vectors))
+            fused, stages["fusion"] = await _timed(p.peek(sess.conv.key, job.speaker, vectors))
             if sess.core.next_index != job.index or self.sessions.get(job.session) is not sess:
                 return  # the utterance ended meanwhile: its final event supersedes this one
             self._emit(job.session, self._emotion(job, vectors, fused, stages, None, final=False))
@@ -413,6 +450,7 @@ class Recognizer:
             job.session, job.index, probs=probs, modalities=modalities, start=job.start_s, end=job.end_s,
             speaker=job.speaker, text=job.text or "", model=self.model_id,
             stages_ms={k: round(v, 3) for k, v in stages.items()}, e2e_ms=round(e2e, 3), error=error, final=final,
+            conversation=None if sess is None else sess.conv.name,
         )
 
     def in_flight(self, session: str) -> int:

@@ -112,6 +112,29 @@ class FrameBuffer:
         return [t for t, _ in picked], [f for _, f in picked]
 
 
+class Transcripts:
+    """Earlier lines of a conversation by turn, for the prompt's context (old turns are forgotten).
+
+    A session keeps its own by utterance index; a conversation of several
+    participants keeps one, by the order its utterances were cut.
+    """
+
+    def __init__(self, context_turns: int) -> None:
+        self.context_turns = max(1, context_turns)
+        self._lines: dict[int, tuple[str, str]] = {}
+
+    def set(self, turn: int, speaker: str, text: str) -> None:
+        """Record turn `turn`'s transcript; later turns see it as context."""
+        self._lines[turn] = (speaker, text)
+        for old in [i for i in self._lines if i < turn - 4 * self.context_turns]:
+            del self._lines[old]
+
+    def before(self, turn: int) -> list[tuple[str, str]]:
+        """(speaker, text) of the up to context_turns turns before `turn` with a transcript, oldest first."""
+        lines = [self._lines[i] for i in sorted(self._lines) if i < turn and self._lines[i][1]]
+        return lines[-self.context_turns :]
+
+
 class SessionCore:
     """Segments one session's stream into UtteranceJobs; feed it in arrival order.
 
@@ -140,13 +163,12 @@ class SessionCore:
         self.num_frames = num_frames
         horizon = self.vad_cfg.max_utterance_s + 2 * self.vad_cfg.pad_ms / 1000 + 1.0
         self.frames = FrameBuffer(max(2, max_frames), horizon)
-        self.context_turns = max(1, context_turns)
+        self.transcripts = Transcripts(context_turns)
         self.clock = clock
         self.next_index = 0
         self.samples = 0  # audio samples received
         self.frames_received = 0
         self._arrivals: deque[tuple[float, float]] = deque()  # (media end of a push, wall clock)
-        self._transcripts: dict[int, tuple[str, str]] = {}
         self.finished = False
 
     # ---- input ------------------------------------------------------------------
@@ -218,14 +240,11 @@ class SessionCore:
     # ---- transcripts (context for the prompt) --------------------------------------
     def set_transcript(self, index: int, text: str, speaker: Optional[str] = None) -> None:
         """Record utterance `index`'s transcript; later utterances see it as context."""
-        self._transcripts[index] = (speaker or self.speaker, text)
-        for old in [i for i in self._transcripts if i < index - 4 * self.context_turns]:
-            del self._transcripts[old]
+        self.transcripts.set(index, speaker or self.speaker, text)
 
     def context_before(self, index: int) -> list[tuple[str, str]]:
         """(speaker, text) of the up to context_turns utterances before `index` with a transcript, oldest first."""
-        turns = [self._transcripts[i] for i in sorted(self._transcripts) if i < index and self._transcripts[i][1]]
-        return turns[-self.context_turns :]
+        return self.transcripts.before(index)
 
     # ---- helpers ----------------------------------------------------------------
     def arrival_wall(self, media_s: float) -> float:

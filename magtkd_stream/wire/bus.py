@@ -44,6 +44,7 @@ class _SessionLog:
     subscribers: set = field(default_factory=set)
     ended_at: float = 0.0
     tenant: Optional[str] = None  # who started it; None: no tenant (visible to all, e.g. the server's own mic)
+    conversation: Optional[str] = None  # the conversation the session joined (its session_start says so)
 
     @property
     def first_seq(self) -> int:
@@ -82,6 +83,8 @@ class EventBus:
         self._logs: dict[str, _SessionLog] = {}
         self._ended: OrderedDict[str, None] = OrderedDict()  # ended sessions, oldest first
         self._all: set[Subscription] = set()
+        self._conv: dict[str, set[Subscription]] = {}  # subscribers of each conversation
+        self._published = 0  # events published so far, every session
         self.dropped_count = 0
         self.observers: list[Callable[[BusEvent], None]] = []  # told of every published event (metrics)
 
@@ -132,9 +135,14 @@ class EventBus:
             lg = self._logs[session] = _SessionLog()
         lg.state = "live"
         lg.tenant = tenant
+        lg.conversation = event.get("conversation")
         lg.buffer = deque(maxlen=self.replay_buffer)
         for sub in [s for s in lg.subscribers if not visible(s.tenant, tenant)]:
             reason = f"session {session!r} was opened by another tenant; this token reads only its own tenant's sessions"
+            self._drop(sub, reason, ProtocolError("forbidden", reason))
+        for sub in [s for s in self._conv.get(lg.conversation or "", ()) if not visible(s.tenant, tenant)]:
+            reason = (f"conversation {lg.conversation!r} was joined by another tenant; this token reads only its own "
+                      "tenant's sessions")
             self._drop(sub, reason, ProtocolError("forbidden", reason))
         return self._publish(session, lg, event)
 
@@ -176,9 +184,11 @@ class EventBus:
         if self.validate:
             validate_event(data)
         lg.seq += 1
-        item = BusEvent(session, lg.seq, data, dumps(data))
+        self._published += 1
+        item = BusEvent(session, lg.seq, data, dumps(data), self._published)
         lg.buffer.append(item)
-        for sub in list(lg.subscribers) + [s for s in self._all if visible(s.tenant, lg.tenant)]:
+        conv = self._conv.get(lg.conversation or "", set()) if lg.conversation else set()
+        for sub in list(lg.subscribers) + [s for s in (*self._all, *conv) if visible(s.tenant, lg.tenant)]:
             if not sub._offer(item):
                 self._drop(
                     sub,
@@ -211,10 +221,21 @@ class EventBus:
 
     # ------------------------------------------------------------ subscribers
 
+    def conversation_sessions(self, conversation: str) -> list[str]:
+        """Known sessions (live or ended, not yet forgotten) that joined `conversation`, oldest first."""
+        self._expire()
+        return [n for n, lg in self._logs.items() if lg.state != "pending" and lg.conversation == conversation]
+
     def subscribe(
-        self, session: str, resume: Optional[Mapping[str, int]] = None, tenant: Optional[str] = None
+        self, session: str, resume: Optional[Mapping[str, int]] = None, tenant: Optional[str] = None,
+        conversation: Optional[str] = None,
     ) -> Subscription:
-        """Subscribe to one session (live, ended, or not yet started) or to ALL ("*").
+        """Subscribe to one session (live, ended, or not yet started), to ALL ("*"), or to a conversation.
+
+        A conversation's subscriber (session "", conversation NAME) receives every session that
+        joined or joins it; like "*", resume replays the named sessions after their last_seq and the
+        conversation's other known sessions from their start; a session of another tenant in it
+        raises ProtocolError forbidden.
 
         resume None: live events from now on. resume {session: last_seq}: events after last_seq
         first (a GapNotice where the buffer no longer has them), then live. With "*", known
@@ -224,6 +245,8 @@ class EventBus:
         session, or resuming it, raises ProtocolError forbidden.
         """
         self._expire()
+        if conversation is not None:
+            return self._subscribe_conversation(conversation, resume, tenant)
         replay: list[BusItem] = []
         for name in {session, *(resume or {})} - {ALL}:
             lg = self._logs.get(name)
@@ -259,6 +282,31 @@ class EventBus:
             self._logs.setdefault(session, _SessionLog()).subscribers.add(sub)
         return sub
 
+    def _subscribe_conversation(self, conversation: str, resume: Optional[Mapping[str, int]],
+                                tenant: Optional[str]) -> Subscription:
+        members = self.conversation_sessions(conversation)
+        for name in members:
+            if not visible(tenant, self._logs[name].tenant):
+                raise ProtocolError("forbidden", f"conversation {conversation!r} belongs to another tenant; this "
+                                                 "token reads only its own tenant's sessions")
+        replay: list[BusItem] = []
+        if resume is not None:
+            strangers = sorted(set(resume) - set(members))
+            if strangers:
+                raise ProtocolError("bad_message", f"resume names sessions {strangers} that are not known "
+                                                   f"participants of conversation {conversation!r}")
+            for name, last in resume.items():
+                if last > self._logs[name].seq:
+                    raise ProtocolError("bad_message", f"resume: last_seq {last} for session {name!r} is ahead "
+                                                       f"of its newest event {self._logs[name].seq}")
+            for name in members:
+                replay.extend(self._replay_items(name, resume.get(name, 0)))
+            # gaps first, then the participants' events interleaved as they were published
+            replay.sort(key=lambda item: item.order if isinstance(item, BusEvent) else 0)
+        sub = Subscription(self, "", self.subscriber_queue, replay, tenant, conversation)
+        self._conv.setdefault(conversation, set()).add(sub)
+        return sub
+
     def _replay_items(self, session: str, last: int) -> list[BusItem]:
         lg = self._logs[session]
         items: list[BusItem] = []
@@ -279,7 +327,13 @@ class EventBus:
     def unsubscribe(self, sub: Subscription) -> None:
         sub.closed = True
         self._all.discard(sub)
-        if sub.session != ALL:
+        if sub.conversation is not None:
+            subs = self._conv.get(sub.conversation)
+            if subs is not None:
+                subs.discard(sub)
+                if not subs:
+                    del self._conv[sub.conversation]
+        elif sub.session != ALL:
             lg = self._logs.get(sub.session)
             if lg is not None:
                 lg.subscribers.discard(sub)
@@ -296,4 +350,5 @@ class EventBus:
         self.unsubscribe(sub)
 
     def subscriber_count(self) -> int:
-        return len(self._all) + sum(len(lg.subscribers) for lg in self._logs.values())
+        return (len(self._all) + sum(len(s) for s in self._conv.values())
+                + sum(len(lg.subscribers) for lg in self._logs.values()))

@@ -44,13 +44,21 @@ def _probs(probs: Mapping[str, float]) -> dict[str, float]:
     return {k: round(float(v), PROB_DECIMALS) for k, v in probs.items()}
 
 
+def _in_conversation(fields: dict[str, Any], conversation: Optional[str]) -> dict[str, Any]:
+    """The fields with `conversation` added when the session is a participant of one (v1 sessions: absent)."""
+    if conversation is not None:
+        fields["conversation"] = conversation
+    return fields
+
+
 def make_transcript(
-    session: str, utterance: int, text: str, speaker: Optional[str], start: float, end: float
+    session: str, utterance: int, text: str, speaker: Optional[str], start: float, end: float,
+    conversation: Optional[str] = None,
 ) -> dict[str, Any]:
-    return make_event(
-        "transcript", session, utterance=utterance, text=text, speaker=speaker,
+    return make_event("transcript", session, **_in_conversation(dict(
+        utterance=utterance, text=text, speaker=speaker,
         start=round(float(start), TIME_DECIMALS), end=round(float(end), TIME_DECIMALS),
-    )
+    ), conversation))
 
 
 def modality_result(
@@ -82,6 +90,7 @@ def make_emotion(
     final: bool = True,
     label: Optional[str] = None,
     error: Optional[str] = None,
+    conversation: Optional[str] = None,
 ) -> dict[str, Any]:
     """An emotion (final) or emotion_interim event; status is "failed" when error is given."""
     fused = None if probs is None else {k: float(v) for k, v in probs.items()}
@@ -103,15 +112,19 @@ def make_emotion(
     )
     if error:
         fields["error"] = error
-    return make_event("emotion" if final else "emotion_interim", session, **fields)
+    return make_event("emotion" if final else "emotion_interim", session, **_in_conversation(fields, conversation))
 
 
 def make_session_start(
-    session: str, speaker: Optional[str], video: bool, sample_rate: int, started_at: float
+    session: str, speaker: Optional[str], video: bool, sample_rate: int, started_at: float,
+    conversation: Optional[str] = None, offset: float = 0.0,
 ) -> dict[str, Any]:
-    return make_event(
-        "session_start", session, speaker=speaker, video=video, sample_rate=sample_rate, started_at=started_at
-    )
+    """offset: where this participant's media time 0 lies on its conversation's clock (seconds)."""
+    fields = _in_conversation(dict(speaker=speaker, video=video, sample_rate=sample_rate, started_at=started_at),
+                              conversation)
+    if conversation is not None:
+        fields["offset"] = round(float(offset), TIME_DECIMALS)
+    return make_event("session_start", session, **fields)
 
 
 def make_session_end(

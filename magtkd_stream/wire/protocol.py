@@ -36,6 +36,7 @@ ERROR_CODES: dict[str, tuple[Optional[int], str]] = {
     "too_many_hellos": (4429, "hellos from this remote address arrive faster than hello_rate_per_address"),
     "unknown_session": (4404, "resume asks for a session the server does not know (never existed, or expired)"),
     "session_taken": (4409, "the session id is in use by a live publisher, or already ran and ended"),
+    "speaker_taken": (4409, "another live participant of the conversation already speaks under this name"),
     "too_many_sessions": (4429, "the token already has its maximum number of live publisher sessions"),
     "too_many_subscribers": (4429, "the token already has its maximum number of subscriber connections"),
     "oversized": (1009, "a message is larger than max_message_bytes"),
@@ -85,13 +86,20 @@ class PublisherHello:
     sample_rate: int
     speaker: Optional[str] = None
     video: bool = False
+    conversation: Optional[str] = None  # join this conversation (one window with its other participants)
 
 
 @dataclass(frozen=True)
 class SubscriberHello:
     token: str
-    session: str  # a session id or "*"
+    session: Optional[str]  # a session id or "*"; None when subscribing to a conversation
     resume: Optional[dict[str, int]] = None  # session -> last seq received; None: live events only
+    conversation: Optional[str] = None  # every session that joins this conversation
+
+    @property
+    def target(self) -> str:
+        """What is subscribed to, for messages and logs: the session id, "*", or "conversation NAME"."""
+        return self.session if self.session is not None else f"conversation {self.conversation}"
 
 
 @dataclass(frozen=True)
@@ -215,10 +223,20 @@ def _parse_hello(msg: dict[str, Any]) -> Union[PublisherHello, SubscriberHello]:
             )
         _schema_or_error(msg, "hello_publisher.json", "hello")
         return PublisherHello(
-            msg["token"], msg["session"], int(rate), msg.get("speaker"), bool(msg.get("video", False))
+            msg["token"], msg["session"], int(rate), msg.get("speaker"), bool(msg.get("video", False)),
+            msg.get("conversation"),
         )
     if role == "subscriber":
+        if ("session" in msg) == ("conversation" in msg):
+            raise ProtocolError("bad_message", "hello: a subscriber names exactly one of 'session' (an id or \"*\") "
+                                               "and 'conversation'")
         _schema_or_error(msg, "hello_subscriber.json", "hello")
+        if "conversation" in msg:
+            if "last_seq" in msg:
+                raise ProtocolError("bad_message", "hello: 'last_seq' needs a single session; with a conversation "
+                                                   "use 'resume'")
+            return SubscriberHello(msg["token"], None, dict(msg["resume"]) if "resume" in msg else None,
+                                   msg["conversation"])
         session = msg["session"]
         resume: Optional[dict[str, int]] = None
         if "last_seq" in msg:

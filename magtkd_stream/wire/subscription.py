@@ -33,6 +33,7 @@ class BusEvent:
     seq: int
     data: dict[str, Any]
     text: str
+    order: int = 0  # the bus's publication count when it went out: the order across sessions
 
 
 @dataclass(frozen=True)
@@ -68,10 +69,12 @@ class Subscription:
     """What one subscriber receives: replayed items first, then live events, each session in seq order."""
 
     def __init__(
-        self, bus: "EventBus", session: str, maxsize: int, replay: list[BusItem], tenant: Optional[str] = None
+        self, bus: "EventBus", session: str, maxsize: int, replay: list[BusItem], tenant: Optional[str] = None,
+        conversation: Optional[str] = None,
     ) -> None:
         self.bus = bus
-        self.session = session
+        self.session = session  # a session id, ALL, or "" for a conversation's subscriber
+        self.conversation = conversation  # every session that joins it
         self.tenant = tenant  # None: reads every tenant's sessions
         self.refusal: Optional[ProtocolError] = None  # set when the bus refused it rather than dropped it
         self._replay: deque[BusItem] = deque(replay)

@@ -69,6 +69,7 @@ class ClientOptions:
     session: str
     url: str = DEFAULT_URL
     speaker: Optional[str] = None
+    conversation: Optional[str] = None  # join it: one context with its other participants, and see their events
     video: bool = True
     file: Optional[Path] = None  # publish this media file instead of the devices
     fast: bool = False  # file only: as fast as the server's video rate limit allows
@@ -275,16 +276,19 @@ class LiveClient:
 
     async def run(self) -> ClientResult:
         opts = self.opts
-        check_hello(publisher_hello(opts.token, opts.session, speaker=opts.speaker))  # bad ids fail before any device opens
+        check_hello(publisher_hello(opts.token, opts.session, speaker=opts.speaker,  # bad ids fail before any device
+                                    conversation=opts.conversation))
         mic, camera = self._open_sources()
-        hello = publisher_hello(opts.token, opts.session, self._rate, speaker=opts.speaker, video=self._video)
+        hello = publisher_hello(opts.token, opts.session, self._rate, speaker=opts.speaker, video=self._video,
+                                conversation=opts.conversation)
         sub = pub = None
         try:
             with contextlib.ExitStack() as stack:
                 if opts.out is not None:
                     opts.out.parent.mkdir(parents=True, exist_ok=True)
                     self._out = stack.enter_context(open(opts.out, "w", encoding="utf-8"))
-                sub, sub_welcome = await self._connect(subscriber_hello(opts.token, opts.session), "subscriber")
+                sub, sub_welcome = await self._connect(
+                    subscriber_hello(opts.token, opts.session, conversation=opts.conversation), "subscriber")
                 self._fold(sub_welcome)
                 pub, welcome = await self._connect(hello, "publisher")
                 self._limits = welcome.get("limits", {})
@@ -334,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"client token (default: the first of ${TOKEN_ENV}, the variable `serve` reads)")
     p.add_argument("--session", default=None, help="session id, 1-64 of A-Z a-z 0-9 _ . - (default: live-<random>)")
     p.add_argument("--speaker", default=None, help="speaker name attached to the session's utterances")
+    p.add_argument("--conversation", default=None,
+                   help="join this conversation as one participant (one context window with the other participants, "
+                        "whose events are shown too; give each a different --speaker)")
     p.add_argument("--no-video", action="store_true", help="publish audio only")
     p.add_argument("--file", type=Path, default=None, help="publish this media file instead of the microphone/camera")
     p.add_argument("--fast", action="store_true", help="with --file: faster than real time")
@@ -353,6 +360,7 @@ def options_from_args(args: argparse.Namespace) -> ClientOptions:
         raise ValueError(f"no token: pass --token TOKEN or set {TOKEN_ENV} (the server's accepted tokens)")
     return ClientOptions(
         token=args.token, session=args.session or f"live-{secrets.token_hex(3)}", url=args.url, speaker=args.speaker,
+        conversation=args.conversation,
         video=not args.no_video, file=args.file, fast=args.fast, window=not args.no_window, camera=args.camera,
         mic=args.mic, fps=args.fps, frame_ms=args.frame_ms, out=args.out, wait_s=args.wait,
     )

@@ -23,22 +23,32 @@ MAX_VIDEO_WIDTH = 640  # frames are scaled down to this width before JPEG encodi
 
 def publisher_hello(
     token: str, session: str, sample_rate: int = SAMPLE_RATE, *, speaker: Optional[str] = None,
-    video: bool = False,
+    video: bool = False, conversation: Optional[str] = None,
 ) -> str:
-    """The first message of the publishing connection (JSON text)."""
+    """The first message of the publishing connection (JSON text); `conversation`: join it as a participant."""
     msg: dict[str, Any] = {"type": "hello", "version": protocol.PROTOCOL_VERSION, "token": token,
                            "role": "publisher", "session": session, "sample_rate": int(sample_rate), "video": bool(video)}
     if speaker:
         msg["speaker"] = speaker
+    if conversation:
+        msg["conversation"] = conversation
     return events.dumps(msg)
 
 
-def subscriber_hello(token: str, session: str, last_seq: Optional[int] = None) -> str:
-    """The first message of the subscribing connection; last_seq replays the events after it."""
+def subscriber_hello(token: str, session: str, last_seq: Optional[int] = None,
+                     conversation: Optional[str] = None) -> str:
+    """The first message of the subscribing connection; last_seq replays the events after it.
+
+    With `conversation`, it follows every participant of that conversation instead of `session` alone.
+    """
     msg: dict[str, Any] = {"type": "hello", "version": protocol.PROTOCOL_VERSION, "token": token,
-                           "role": "subscriber", "session": session}
-    if last_seq is not None:
-        msg["last_seq"] = int(last_seq)
+                           "role": "subscriber"}
+    if conversation:
+        msg["conversation"] = conversation
+    else:
+        msg["session"] = session
+        if last_seq is not None:
+            msg["last_seq"] = int(last_seq)
     return events.dumps(msg)
 
 
@@ -114,6 +124,7 @@ class EventView:
     interim: bool = False
     e2e_ms: Optional[float] = None
     transcript: list[str] = field(default_factory=list)
+    speakers: dict[str, str] = field(default_factory=dict)  # speaker -> their latest final label, in order of appearance
     status: str = "connecting"
     last_seq: int = 0
     max_lines: int = 3
@@ -135,6 +146,8 @@ class EventView:
             self.e2e_ms = ((msg.get("timing") or {}).get("e2e_ms"))
             if msg.get("status") == "failed":
                 self.status = f"utterance {(self.utterance or 0) + 1} failed: {msg.get('error', 'unknown error')}"
+            elif kind == "emotion" and self.label:
+                self.speakers[self.speaker or msg.get("session", "?")] = self.label
             return True
         if kind == "transcript":
             who = f"{msg['speaker']}: " if msg.get("speaker") else ""

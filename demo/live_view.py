@@ -41,6 +41,7 @@ def blank_frame(width: int = 640, height: int = 480) -> np.ndarray:
 
 
 CAPTION_LINES = 3  # transcript lines in the caption strip under the picture
+PER_SPEAKER_LINES = 4  # speakers listed with their latest emotion in a conversation
 LINE_H = 22
 
 
@@ -85,8 +86,9 @@ def draw_overlay(frame: np.ndarray, view: EventView) -> np.ndarray:
         captions.extend(wrap_text(line, text_w, 0.5))
     captions = captions[-CAPTION_LINES:]
     strip = 12 + LINE_H * CAPTION_LINES
-    out = np.full((max(h, 90 + LINE_H * (len(view.probs) + len(view.modalities) + 2)) + strip, w + PANEL_W, 3), 24,
-                  np.uint8)
+    per_speaker = min(len(view.speakers), PER_SPEAKER_LINES) if len(view.speakers) > 1 else 0
+    rows = len(view.probs) + len(view.modalities) + per_speaker + 2
+    out = np.full((max(h, 90 + LINE_H * rows) + strip, w + PANEL_W, 3), 24, np.uint8)
     out[:h, :w] = picture
     x0 = w
     status_lines = wrap_text(view.status, PANEL_W - 20, 0.42)[:2]
@@ -116,6 +118,10 @@ def draw_overlay(frame: np.ndarray, view: EventView) -> np.ndarray:
     for m, label in view.modalities.items():
         cv2.putText(out, f"{m}: {label or 'absent'}", (x0 + 10, y + 12), FONT, 0.42, colour(label), 1, cv2.LINE_AA)
         y += LINE_H
+    if len(view.speakers) > 1:  # a conversation: each speaker's latest emotion
+        for name, label in list(view.speakers.items())[-PER_SPEAKER_LINES:]:
+            cv2.putText(out, f"{name[:14]}: {label}", (x0 + 10, y + 12), FONT, 0.42, colour(label), 1, cv2.LINE_AA)
+            y += LINE_H
     base = out.shape[0] - strip
     for k, line in enumerate(captions):
         cv2.putText(out, line, (10, base + 22 + LINE_H * k), FONT, 0.5, (255, 255, 255), 1, cv2.LINE_AA)

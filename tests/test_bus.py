@@ -230,3 +230,53 @@ def test_tenants_see_only_their_own_sessions_and_none_means_every_tenant() -> No
         assert bus.dropped_count == 0  # a refusal is not a slow-subscriber drop
 
     asyncio.run(scenario())
+
+
+def join(bus: EventBus, session: str, conversation: str, tenant: str | None = None, offset: float = 0.0) -> int:
+    return bus.start_session(session, E.make_session_start(session, session.upper(), False, 16000, 0.0,
+                                                           conversation, offset), tenant)
+
+
+def test_a_conversation_subscriber_gets_every_participant_interleaved_and_resumes() -> None:
+    bus = EventBus(replay_buffer=4)
+    early = bus.subscribe("", conversation="call")  # before anyone joined
+    join(bus, "ann", "call")
+    start(bus, "other")  # a session of its own: never part of the conversation
+    say(bus, "ann", 0)
+    join(bus, "ben", "call", offset=1.5)
+    for i in range(1, 3):
+        say(bus, "ben", i)
+        say(bus, "other", i)
+        say(bus, "ann", i)
+    items = drain(early)
+    assert [(i.session, i.seq) for i in items] == [("ann", 1), ("ann", 2), ("ben", 1), ("ben", 2), ("ann", 3),
+                                                   ("ben", 3), ("ann", 4)]
+    assert items[2].data["offset"] == 1.5 and items[2].data["conversation"] == "call"
+    assert bus.conversation_sessions("call") == ["ann", "ben"]
+    # a late subscriber resumes Ann after seq 3 and gets Ben from his start (what the buffer of 4 still has)
+    late = bus.subscribe("", {"ann": 3}, conversation="call")
+    got = drain(late)
+    assert [(i.session, i.seq) for i in got if isinstance(i, BusEvent)] == [("ben", 1), ("ben", 2), ("ben", 3),
+                                                                         ("ann", 4)]
+    with pytest.raises(P.ProtocolError, match="not known participants") as exc:
+        bus.subscribe("", {"other": 1}, conversation="call")
+    assert exc.value.code == "bad_message"
+    before = bus.subscriber_count()
+    late.close()
+    early.close()
+    assert bus.subscriber_count() == before - 2
+
+
+def test_a_conversation_belongs_to_its_tenant() -> None:
+    bus = EventBus()
+    waiting = bus.subscribe("", conversation="call", tenant="t2")
+    join(bus, "ann", "call", tenant="t1")
+    with pytest.raises(SubscriptionDropped, match="another tenant"):
+        drain(waiting)
+    assert waiting.refusal is not None and waiting.refusal.code == "forbidden"
+    with pytest.raises(P.ProtocolError, match="another tenant") as exc:
+        bus.subscribe("", conversation="call", tenant="t2")
+    assert exc.value.code == "forbidden"
+    own = bus.subscribe("", conversation="call", tenant="t1")
+    say(bus, "ann", 0)
+    assert seqs(drain(own)) == [2]

@@ -241,6 +241,22 @@ def test_event_view_keeps_the_latest_final_result_and_recent_transcript() -> Non
     assert "joy 0.70" in line and "text=joy" in line and "video" not in line
 
 
+def test_a_conversation_participant_follows_the_conversation_and_sees_each_speakers_emotion() -> None:
+    text = live_messages.publisher_hello(TOKEN, "call.ana", speaker="Ana", conversation="call")
+    check(json.loads(text), "hello_publisher.json")
+    assert P.parse_client_text(text).conversation == "call"
+    sub = P.parse_client_text(live_messages.subscriber_hello(TOKEN, "call.ana", conversation="call"))
+    assert sub == P.SubscriberHello(TOKEN, None, None, "call") and sub.target == "conversation call"
+    view = live_messages.EventView()
+    view.update(_emotion(0, PROBS))
+    view.update({**_emotion(0, {"anger": 0.9, "joy": 0.05, "neutral": 0.05}), "speaker": "Ben", "session": "b"})
+    assert view.speakers == {"Ana": "joy", "Ben": "anger"}
+    frame = np.full((240, 320, 3), 90, np.uint8)
+    one = live_view.draw_overlay(frame, live_messages.EventView(speakers={"Ana": "joy"}))
+    two = live_view.draw_overlay(frame, view)
+    assert two.shape[1] == one.shape[1] and not np.array_equal(one[:, 320:], two[:, 320:])
+
+
 def test_overlay_leaves_the_picture_alone_and_wraps_long_lines_beside_and_below_it() -> None:
     frame = np.full((480, 640, 3), 200, np.uint8)
     view = live_messages.EventView()

@@ -496,6 +496,9 @@ out.closes = [1006, 1000, 4403].map((c) => app.describeClose(c, c === 4403 ? "fo
 let t = app.initialState();
 for (const msg of input.slice(3)) t = app.foldEvent(t, msg);
 out.later = t;
+out.pubConv = app.publisherHello("tok", "call.ana", 16000, "Ana", "call");
+out.subConv = app.subscriberHello("tok", "call.ana", 5, "call");
+out.badConv = app.checkInputs("ws://h:1/", "t", "web", "a b");
 console.log(JSON.stringify(out));
 """
 
@@ -542,6 +545,10 @@ def test_web_page_code_speaks_the_protocol() -> None:
     later = out["later"]
     assert [(line["utterance"], line["label"]) for line in later["transcript"]] == [(6, "joy"), (7, "failed")]
     assert later["statusKind"] == "error" and later["status"] == "utterance 8 failed: text#0 failed"
+    assert later["speakers"] == {"Ana": "joy"}  # the failed utterance leaves Ana's latest emotion as it was
+    assert P.parse_client_text(out["pubConv"]).conversation == "call"
+    assert P.parse_client_text(out["subConv"]) == P.SubscriberHello("tok", None, None, "call")
+    assert "conversation" in out["badConv"]
 
 
 @pytest.mark.slow

@@ -14,16 +14,24 @@ const SESSION_RE = /^[A-Za-z0-9_.-]{1,64}$/;
 
 // ------------------------------------------------------------------ messages
 
-function publisherHello(token, session, sampleRate, speaker) {
+// conversation (optional): join it as one participant, sharing one context with its other participants.
+function publisherHello(token, session, sampleRate, speaker, conversation) {
   const msg = { type: "hello", version: PROTOCOL_VERSION, token: token, role: "publisher",
                 session: session, sample_rate: sampleRate, video: false };
   if (speaker) msg.speaker = speaker;
+  if (conversation) msg.conversation = conversation;
   return JSON.stringify(msg);
 }
 
-function subscriberHello(token, session, lastSeq) {
-  const msg = { type: "hello", version: PROTOCOL_VERSION, token: token, role: "subscriber", session: session };
-  if (Number.isInteger(lastSeq) && lastSeq > 0) msg.last_seq = lastSeq;
+// With a conversation, every participant's events instead of one session's.
+function subscriberHello(token, session, lastSeq, conversation) {
+  const msg = { type: "hello", version: PROTOCOL_VERSION, token: token, role: "subscriber" };
+  if (conversation) {
+    msg.conversation = conversation;
+  } else {
+    msg.session = session;
+    if (Number.isInteger(lastSeq) && lastSeq > 0) msg.last_seq = lastSeq;
+  }
   return JSON.stringify(msg);
 }
 
@@ -31,10 +39,11 @@ function endMessage() {
   return JSON.stringify({ type: "end", version: PROTOCOL_VERSION });
 }
 
-function checkInputs(url, token, session) {
+function checkInputs(url, token, session, conversation) {
   if (!/^wss?:\/\//.test(url)) return "the URL must start with ws:// or wss://";
   if (!token) return "a token is needed (one of the server's accepted tokens)";
   if (!SESSION_RE.test(session) && session !== "*") return "session: 1-64 characters from A-Z a-z 0-9 _ . - (or * to watch all)";
+  if (conversation && !SESSION_RE.test(conversation)) return "conversation: 1-64 characters from A-Z a-z 0-9 _ . - (or empty)";
   return null;
 }
 
@@ -118,7 +127,7 @@ class Framer {
 function initialState() {
   return { status: "not connected", statusKind: "info", label: null, probs: {}, modalities: {}, speaker: null,
            text: "", utterance: null, interim: false, e2e: null, transcript: [], lastSeq: 0, sessions: {},
-           utterances: 0 };
+           utterances: 0, speakers: {} };
 }
 
 // Why a websocket closed, in words: 1006 is what a browser reports when no server answered or it went away.
@@ -137,9 +146,10 @@ function foldEvent(state, msg) {
     case "welcome":
       s.statusKind = "info";
       s.status = msg.role === "subscriber"
-        ? "subscribed to " + msg.session + ": waiting for it to start (a session that has already ended " +
+        ? "subscribed to " + (msg.conversation ? "conversation " + msg.conversation : msg.session) +
+          ": waiting for it to start (a session that has already ended " +
           "shows its events only while the server remembers it)"
-        : "publishing " + msg.session;
+        : "publishing " + msg.session + (msg.conversation ? " in conversation " + msg.conversation : "");
       break;
     case "session_start":
       s.sessions = Object.assign({}, s.sessions, { [msg.session]: "live" });
@@ -169,6 +179,9 @@ function foldEvent(state, msg) {
       s.e2e = msg.timing ? msg.timing.e2e_ms : null;
       if (msg.type === "emotion") {
         s.utterances += 1;
+        if (msg.status !== "failed") {  // each speaker's latest emotion, for a conversation of several
+          s.speakers = Object.assign({}, s.speakers, { [msg.speaker || msg.session]: msg.label });
+        }
         // the history line of this utterance gets its emotion (or "failed")
         s.transcript = s.transcript.map((line) => line.session === msg.session && line.utterance === msg.utterance
           ? Object.assign({}, line, { label: msg.status === "failed" ? "failed" : msg.label }) : line);
@@ -253,6 +266,15 @@ if (typeof document !== "undefined") {
       const top = info.present && info.probs ? " " + (info.probs[info.label] || 0).toFixed(2) : "";
       mods.append(el("li", info.present ? "present" : "absent", m + ": " + (info.present ? info.label + top : "absent")));
     }
+    const people = $("speakers");
+    people.replaceChildren();
+    for (const [name, label] of Object.entries(state.speakers)) {
+      const item = el("li", "", name + ": ");
+      const tag = el("span", "tag", label);
+      tag.dataset.label = label;
+      item.append(tag);
+      people.append(item);
+    }
     const list = $("transcript");
     list.replaceChildren();
     for (const line of state.transcript.slice(-12).reverse()) {
@@ -269,8 +291,9 @@ if (typeof document !== "undefined") {
   }
 
   function inputs() {
-    const v = { url: $("url").value.trim(), token: $("token").value.trim(), session: $("session").value.trim() };
-    const problem = checkInputs(v.url, v.token, v.session);
+    const v = { url: $("url").value.trim(), token: $("token").value.trim(), session: $("session").value.trim(),
+                conversation: $("conversation").value.trim() };
+    const problem = checkInputs(v.url, v.token, v.session, v.conversation);
     if (problem) throw new Error(problem);
     return v;
   }
@@ -284,12 +307,13 @@ if (typeof document !== "undefined") {
     let v;
     try { v = inputs(); } catch (e) { show({ type: "error", code: "input", message: e.message }); return; }
     if (sub) sub.close();
-    if ($("session").dataset.subscribed !== v.session) state = initialState();
+    const target = v.conversation ? "conversation " + v.conversation : v.session;
+    if ($("session").dataset.subscribed !== target) state = initialState();
     const resume = state.lastSeq;  // re-subscribing to the same session resumes after the last event seen
-    $("session").dataset.subscribed = v.session;
+    $("session").dataset.subscribed = target;
     const ws = new WebSocket(v.url);
     sub = ws;
-    ws.onopen = () => ws.send(subscriberHello(v.token, v.session, v.session === "*" ? 0 : resume));
+    ws.onopen = () => ws.send(subscriberHello(v.token, v.session, v.session === "*" ? 0 : resume, v.conversation));
     ws.onmessage = (e) => show(JSON.parse(e.data));
     ws.onclose = (e) => {
       if (sub === ws) { sub = null; show({ type: "error", code: "closed", message: describeClose(e.code, e.reason, v.url) }); }
@@ -339,7 +363,7 @@ if (typeof document !== "undefined") {
     ws.binaryType = "arraybuffer";
     pub.ws = ws;
     pub.flush = () => { for (const frame of framer.flush()) ws.send(frame); };
-    ws.onopen = () => ws.send(publisherHello(v.token, v.session, rate, $("speaker").value.trim()));
+    ws.onopen = () => ws.send(publisherHello(v.token, v.session, rate, $("speaker").value.trim(), v.conversation));
     ws.onmessage = (e) => {
       const msg = JSON.parse(e.data);
       if (msg.type === "welcome") { pub.live = true; $("mic").textContent = "Stop microphone"; }
@@ -381,7 +405,7 @@ if (typeof document !== "undefined") {
     const host = location.hostname || "127.0.0.1";
     $("url").value = (location.protocol === "https:" ? "wss://" : "ws://") + host + ":8765/";
     const params = new URLSearchParams(location.search);
-    for (const key of ["url", "token", "session"]) if (params.get(key)) $(key).value = params.get(key);
+    for (const key of ["url", "token", "session", "conversation"]) if (params.get(key)) $(key).value = params.get(key);
     $("subscribe").addEventListener("click", subscribe);
     $("mic").addEventListener("click", toggleMic);
     render();

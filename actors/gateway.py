@@ -13,7 +13,7 @@ import asyncio
 import collections
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Mapping, Optional, Protocol, Union
+from typing import Any, Callable, Mapping, Optional, Protocol, Sequence, Union
 
 import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
@@ -57,8 +57,9 @@ class SessionSink(Protocol):
     def attach(self, publish: PublishFn) -> None: ...
 
     async def open(self, session: str, speaker: Optional[str], video: bool,
-                   conversation: Optional[str] = None) -> None:
-        """conversation: the session is a participant of it (one context window with its other participants)."""
+                   conversation: Optional[str] = None, names: Sequence[str] = ()) -> None:
+        """conversation: the session is a participant of it (one context window with its other participants);
+        names: labels for the voices a diarizing sink tells apart, in order of appearance."""
 
     async def audio(self, session: str, samples: np.ndarray, wall: float) -> None:
         """samples: float32, mono, 16 kHz, in [-1, 1); continuous across calls. wall: arrival time (time.time())."""

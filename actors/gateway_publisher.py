@@ -100,7 +100,8 @@ class PublisherSession:
                 return
             self.started = True
             try:
-                await sink.open(self.session, self.hello.speaker, self.hello.video, conversation)
+                await sink.open(self.session, self.hello.speaker, self.hello.video, conversation,
+                                self.hello.speakers)
             except Exception as exc:  # the pipeline refused the session: fatal for it alone
                 log.exception("sink.open failed for session %s", self.session)
                 self._end_bus("error")

@@ -198,3 +198,31 @@ def test_two_participants_over_websockets_one_window_across_them() -> None:
     assert ben_in_call["modalities"]["audio"]["probs"] == ben_alone["modalities"]["audio"]["probs"]
     difference = max(abs(ben_in_call["probs"][k] - ben_alone["probs"][k]) for k in ben_in_call["probs"])
     assert difference > 1e-3, "... but Ann's earlier line is in Ben's window, so the fused emotion differs"
+
+
+def test_a_client_names_the_voices_a_diarizing_server_tells_apart() -> None:
+    import dataclasses
+
+    from magtkd_stream.config import DiarizeConfig
+    from magtkd_stream.streaming.recognizer import Recognizer
+    from magtkd_stream.wire.protocol import parse_client_text
+    from test_recognizer import CFG
+
+    hello = parse_client_text(json.dumps({"type": "hello", "version": 1, "token": "t", "role": "publisher",
+                                          "session": "room", "sample_rate": 16000, "speakers": ["Ana", "Ben"]}))
+    assert hello.speakers == ("Ana", "Ben")
+    stream = dataclasses.replace(CFG.stream, diarize=DiarizeConfig(enabled=True, threshold=0.9))
+    fake, col = FakeBackend(stream), Collector("room")
+    voices = iter([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])
+
+    async def main() -> None:
+        rec = Recognizer(fake, col.publish, vad_threads=1, embedder=lambda audio: np.asarray(next(voices), np.float32))
+        try:
+            await rec.open("room", None, False, names=hello.speakers)
+            await push(rec, "room", conversation(FIRST, SECOND, THIRD))
+            await rec.end("room")
+        finally:
+            await shut(rec, fake)
+
+    run(main)
+    assert [e["speaker"] for e in col.of("room", "emotion")] == ["Ana", "Ben", "Ana"]

@@ -292,7 +292,7 @@ class RecordingSink:
     def attach(self, publish) -> None:
         self.publish = publish
 
-    async def open(self, session, speaker, video, conversation=None) -> None:
+    async def open(self, session, speaker, video, conversation=None, names=()) -> None:
         self.opened = (speaker, video)
 
     async def audio(self, session, samples, wall) -> None:

@@ -52,7 +52,7 @@ class ScriptedSink:
     def attach(self, publish) -> None:
         self.publish = publish
 
-    async def open(self, session, speaker, video, conversation=None) -> None:
+    async def open(self, session, speaker, video, conversation=None, names=()) -> None:
         self.opened[session] = (speaker, video)
 
     async def audio(self, session, samples, wall) -> None:

@@ -13,7 +13,7 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import pytest
@@ -267,7 +267,8 @@ class RecordingSink:
     def __init__(self) -> None:
         self.calls: list[tuple[str, Any]] = []
 
-    async def open(self, session: str, speaker: Optional[str], video: bool, conversation: Optional[str] = None) -> None:
+    async def open(self, session: str, speaker: Optional[str], video: bool, conversation: Optional[str] = None,
+                   names: Sequence[str] = ()) -> None:
         self.calls.append(("open", (session, video)))
 
     async def audio(self, session: str, samples: np.ndarray, wall: Optional[float] = None) -> None:

@@ -20,11 +20,12 @@ the Python API (magtkd_stream/api.py). This object is the gateway's SessionSink.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping, Optional
+from typing import Any, Awaitable, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -131,8 +132,13 @@ class Recognizer:
     def attach(self, publish: PublishFn) -> None:
         self._publish = publish
 
-    async def open(self, session: str, speaker: Optional[str], video: bool, conversation: Optional[str] = None) -> None:
-        """Open a session; with `conversation`, it joins that conversation's window and context (made if new)."""
+    async def open(self, session: str, speaker: Optional[str], video: bool, conversation: Optional[str] = None,
+                   names: Sequence[str] = ()) -> None:
+        """Open a session; with `conversation`, it joins that conversation's window and context (made if new).
+
+        names: labels for the voices diarization tells apart, in order of appearance (instead of
+        stream.diarize.names); without diarization the session has one speaker and they are not used.
+        """
         if session in self.sessions:
             raise ValueError(f"session {session!r} is already open in this sink")
         loop = asyncio.get_running_loop()
@@ -150,7 +156,10 @@ class Recognizer:
         if self.backend.stream.diarize.enabled:
             if self._embedder is None:
                 self._embedder = await loop.run_in_executor(self._vad_pool, SpeakerEmbedder)
-            diarizer = OnlineDiarizer(self.backend.stream.diarize, self._embedder, name)
+            settings = self.backend.stream.diarize
+            if names:
+                settings = dataclasses.replace(settings, names=list(names))
+            diarizer = OnlineDiarizer(settings, self._embedder, name)
         key = session if conversation is None else CONVERSATION_KEY + conversation
         conv = self.conversations.get(key)
         if conv is None:

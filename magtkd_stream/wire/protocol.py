@@ -87,6 +87,7 @@ class PublisherHello:
     speaker: Optional[str] = None
     video: bool = False
     conversation: Optional[str] = None  # join this conversation (one window with its other participants)
+    speakers: tuple[str, ...] = ()  # names for the voices a diarizing server tells apart, in order of appearance
 
 
 @dataclass(frozen=True)
@@ -224,7 +225,7 @@ def _parse_hello(msg: dict[str, Any]) -> Union[PublisherHello, SubscriberHello]:
         _schema_or_error(msg, "hello_publisher.json", "hello")
         return PublisherHello(
             msg["token"], msg["session"], int(rate), msg.get("speaker"), bool(msg.get("video", False)),
-            msg.get("conversation"),
+            msg.get("conversation"), tuple(msg.get("speakers") or ()),
         )
     if role == "subscriber":
         if ("session" in msg) == ("conversation" in msg):

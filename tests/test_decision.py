@@ -74,9 +74,32 @@ def test_a_fit_learns_which_source_to_believe_and_is_chosen_on_dev() -> None:
     magt_acc = float((dev.magt.argmax(1) == dev.y).mean())
     assert acc > magt_acc + 0.3, (acc, magt_acc)
     assert layer.info["dev"]["decision"]["accuracy"] == pytest.approx(acc, abs=1e-4)
-    assert layer.info["temperature"] > 0 and len(layer.info["grid"]) == 10
+    assert layer.info["temperature"] > 0 and len(layer.info["grid"]) == 12
     with pytest.raises(ValueError, match="50 training rows"):
         fit_decision(train.select(np.arange(len(train)) < 20), dev, C)
+
+
+def test_a_fit_that_falls_back_to_neutral_is_not_chosen() -> None:
+    """Neutral is the most frequent class and most rows carry no evidence: the most accurate fit answers neutral
+    for all of those, which the product must not do; a class-balanced fit that does not is chosen instead."""
+    from training.stage2.decision import NEUTRAL_RATIO, Rows, fit_decision
+
+    rng = np.random.default_rng(3)
+    flat = np.full(C, 1.0 / C)
+
+    def rows(n: int) -> Rows:
+        y = np.where(rng.random(n) < 0.3, 4, rng.choice([0, 1, 2, 3, 5, 6], n))
+        audio = [_onehotish(int(t), 0.6) if rng.random() < 0.4 else flat for t in y]
+        x = np.stack([decision_features(flat, {"text": None, "audio": a, "video": None}) for a in audio])
+        return Rows(x, y, np.tile(flat, (n, 1)), ["-a-"] * n, ["voice"] * n)
+
+    layer = fit_decision(rows(1400), rows(600), C, neutral=4)
+    grid = layer.info["grid"]
+    chosen = next(t for t in grid if t["C"] == layer.info["chosen"]["C"]
+                  and t["class_weight"] == layer.info["chosen"]["class_weight"])
+    best = max(grid, key=lambda t: (t["accuracy"], t["macro_f1"]))
+    assert best["neutral_predicted"] > NEUTRAL_RATIO * best["neutral_true"], "the most accurate fit must be ruled out"
+    assert chosen["neutral_predicted"] <= NEUTRAL_RATIO * chosen["neutral_true"]
 
 
 def _tiny_checkpoint(path: Path) -> Path:

@@ -7,7 +7,9 @@ rows come from replaying recorded vectors (`score-dev --vectors`) through the
 service's own fusion worker, utterance by utterance, exactly as the run did.
 
 Fitted on train compositions only; the regularisation and class weighting are
-chosen on a dev composition's run (accuracy, then macro F1), and a softmax
+chosen on a dev composition's run: among the fits that predict "neutral" at
+most NEUTRAL_RATIO times as often as it is true there (the product must not
+fall back to "neutral"), the most accurate, then the best macro F1. A softmax
 temperature is fitted on that dev run afterwards (argmax unchanged). Patterns
 of present modalities with too few training rows are left to MAGT.
 """
@@ -32,8 +34,9 @@ from training.stage2.served import composed_folder, event_labels
 
 log = logging.getLogger(__name__)
 
-GRID_C = (0.01, 0.03, 0.1, 0.3, 1.0)
+GRID_C = (0.003, 0.01, 0.03, 0.1, 0.3, 1.0)
 GRID_WEIGHT = (None, "balanced")
+NEUTRAL_RATIO = 1.3  # the most "neutral" may be over-predicted on dev, as a share of its true share
 
 
 @dataclass
@@ -108,13 +111,21 @@ def join(rows: Sequence[Rows]) -> Rows:
                 [c for r in rows for c in r.cues])
 
 
-def _scores(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+def _scores(y: np.ndarray, probs: np.ndarray, neutral: Optional[int] = None) -> dict[str, float]:
     from sklearn.metrics import f1_score
 
     pred = probs.argmax(1)
-    return {"accuracy": round(float((pred == y).mean()), 4),
-            "macro_f1": round(float(f1_score(y, pred, average="macro", labels=np.arange(probs.shape[1]))), 4),
-            "ece": round(expected_calibration_error(probs, y), 4)}
+    out = {"accuracy": round(float((pred == y).mean()), 4),
+           "macro_f1": round(float(f1_score(y, pred, average="macro", labels=np.arange(probs.shape[1]))), 4),
+           "ece": round(expected_calibration_error(probs, y), 4)}
+    if neutral is not None:
+        out["neutral_predicted"] = round(float((pred == neutral).mean()), 4)
+        out["neutral_true"] = round(float((y == neutral).mean()), 4)
+    return out
+
+
+def _neutral_ok(s: Mapping[str, float]) -> bool:
+    return "neutral_true" not in s or s["neutral_predicted"] <= NEUTRAL_RATIO * s["neutral_true"] + 1e-9
 
 
 def layer_probs(layer: DecisionLayer, rows: Rows) -> np.ndarray:
@@ -124,8 +135,12 @@ def layer_probs(layer: DecisionLayer, rows: Rows) -> np.ndarray:
     return np.where(fitted[:, None], softmax(z), rows.magt)
 
 
-def fit_decision(train: Rows, dev: Rows, num_classes: int, min_rows: int = 50, seed: int = 0) -> DecisionLayer:
-    """The layer chosen on `dev` among GRID_C x GRID_WEIGHT fits on `train`, with a dev-fitted temperature."""
+def fit_decision(train: Rows, dev: Rows, num_classes: int, min_rows: int = 50, seed: int = 0,
+                 neutral: Optional[int] = None) -> DecisionLayer:
+    """The layer chosen on `dev` among GRID_C x GRID_WEIGHT fits on `train`, with a dev-fitted temperature.
+
+    neutral: the label id of "neutral", whose over-prediction on dev rules a fit out (None: no such rule).
+    """
     from sklearn.linear_model import LogisticRegression
 
     counts = Counter(train.patterns)
@@ -136,16 +151,16 @@ def fit_decision(train: Rows, dev: Rows, num_classes: int, min_rows: int = 50, s
     missing = sorted(set(range(num_classes)) - set(fit_rows.y.tolist()))
     if missing:
         raise ValueError(f"the training rows have no example of classes {missing}")
-    best: Optional[tuple[tuple[float, float], DecisionLayer, dict[str, Any]]] = None
+    best: Optional[tuple[tuple[bool, float, float], DecisionLayer, dict[str, Any]]] = None
     trials = []
     for c in GRID_C:
         for weight in GRID_WEIGHT:
             clf = LogisticRegression(C=c, class_weight=weight, max_iter=5000, random_state=seed)
             clf.fit(fit_rows.x, fit_rows.y)
             layer = DecisionLayer(clf.coef_, clf.intercept_, patterns)
-            s = _scores(dev.y, layer_probs(layer, dev))
+            s = _scores(dev.y, layer_probs(layer, dev), neutral)
             trials.append({"C": c, "class_weight": weight or "none", **s})
-            key = (s["accuracy"], s["macro_f1"])
+            key = (_neutral_ok(s), s["accuracy"], s["macro_f1"])
             if best is None or key > best[0]:
                 best = (key, layer, trials[-1])
     assert best is not None
@@ -156,7 +171,8 @@ def fit_decision(train: Rows, dev: Rows, num_classes: int, min_rows: int = 50, s
     layer = DecisionLayer(layer.weight / t, layer.bias / t, patterns)
     layer.info = {"fitted_on": len(fit_rows), "per_pattern": {p: counts[p] for p in sorted(patterns)},
                   "chosen": {"C": chosen["C"], "class_weight": chosen["class_weight"]}, "temperature": round(t, 4),
-                  "dev": {"magt": _scores(dev.y, dev.magt), "decision": _scores(dev.y, layer_probs(layer, dev))},
+                  "dev": {"magt": _scores(dev.y, dev.magt, neutral),
+                          "decision": _scores(dev.y, layer_probs(layer, dev), neutral)},
                   "grid": trials}
     return layer
 
@@ -197,7 +213,8 @@ def run_decision(checkpoint: Path, served: Sequence[Path], select: Sequence[Path
         raise ValueError(f"{checkpoint} already has a decision layer: extend the checkpoint it was fitted over")
     train = join([served_rows(Path(f), worker, digest) for f in served])
     dev = join([served_rows(Path(f), worker, digest) for f in select])
-    layer = fit_decision(train, dev, len(ck.labels))
+    layer = fit_decision(train, dev, len(ck.labels),
+                         neutral=ck.labels.index("neutral") if "neutral" in ck.labels else None)
     extend_checkpoint(checkpoint, layer, out)
     summary = {"checkpoint": str(checkpoint), "out": str(out), "train_rows": len(train), "dev_rows": len(dev),
                **layer.meta(), "dev_by_cue": {"magt": by_cue(dev, dev.magt),

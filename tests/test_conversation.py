@@ -226,3 +226,47 @@ def test_a_client_names_the_voices_a_diarizing_server_tells_apart() -> None:
 
     run(main)
     assert [e["speaker"] for e in col.of("room", "emotion")] == ["Ana", "Ben", "Ana"]
+
+
+def test_two_voices_in_one_segment_become_two_utterances_of_two_speakers() -> None:
+    """No pause between two people: the VAD cuts one segment, the diarizer cuts it where the voice changes."""
+    import dataclasses
+
+    from magtkd_stream.config import DiarizeConfig
+    from magtkd_stream.streaming.diarize import SpeakerEmbedder
+    from magtkd_stream.streaming.recognizer import Recognizer
+    from speech import speech_bounds, synth_speech
+    from test_recognizer import CFG, silence
+
+    pytest.importorskip("resemblyzer")
+    first = synth_speech("Honestly I was not expecting any of this, and now I really do not know what to say.",
+                         voice="en-us+m3")
+    first = first[: int(speech_bounds(first)[1] * 16000) + 160]  # the answer follows without a pause
+    second = synth_speech("Well that is fine by me, we can talk about it again tomorrow after breakfast.",
+                          voice="en-us+f3")
+    embedder = SpeakerEmbedder()
+
+    def recognise(split: bool) -> tuple[FakeBackend, Collector]:
+        stream = dataclasses.replace(CFG.stream, diarize=DiarizeConfig(enabled=True, split=split))
+        fake, col = FakeBackend(stream), Collector("room")
+
+        async def main() -> None:
+            rec = Recognizer(fake, col.publish, vad_threads=1, embedder=embedder)
+            try:
+                await rec.open("room", None, False)
+                await push(rec, "room", np.concatenate([silence(0.5), first, second, silence(1.2)]))
+                await rec.end("room")
+            finally:
+                await shut(rec, fake)
+
+        run(main)
+        return fake, col
+
+    fake, col = recognise(split=False)
+    assert len(fake.of("transcribe")) == 1, "the VAD alone hears one utterance"
+    fake, col = recognise(split=True)
+    assert len(fake.of("transcribe")) == 2, "one ASR call per voice"
+    emotions = col.of("room", "emotion")
+    assert [e["speaker"] for e in emotions] == ["room", "room 2"]
+    boundary = 0.5 + len(first) / 16000
+    assert abs(emotions[0]["end"] - boundary) < 0.8 and emotions[1]["start"] == emotions[0]["end"]

@@ -11,7 +11,7 @@ from magtkd_stream.config import ConfigError, DiarizeConfig, load_config
 from magtkd_stream.names import SAMPLE_RATE
 from magtkd_stream.streaming.diarize import OnlineDiarizer, SpeakerEmbedder, speaker_labels
 from shared_data import data_dir
-from speech import synth_speech
+from speech import speech_bounds, synth_speech
 
 
 class TableEmbedder:
@@ -106,3 +106,65 @@ def test_names_label_speakers_in_order_of_appearance() -> None:
     assert [d.assign(clip(k)) for k in (2, 1, 3, 2)] == ["Ana", "B", "A", "Ana"], "made-up labels avoid names"
     with pytest.raises(ConfigError, match="stream.diarize.names"):
         load_config("tiny", ["stream.diarize.names=[Ana, Ben, Cy]", "stream.diarize.max_speakers=2"])
+
+
+# ---------------------------------------------------------------- a change of voice inside one segment
+
+
+class PartialsEmbedder(TableEmbedder):
+    """Test double with partial embeddings: each 1.6 s window's 'voice' is the first sample of the 0.5 s block its
+    middle falls in (isolates the change detection from the encoder)."""
+
+    def partials(self, audio: np.ndarray, rate: float = 2.0):  # type: ignore[no-untyped-def]
+        step, win = int(SAMPLE_RATE / rate), int(1.6 * SAMPLE_RATE)
+        spans = [(s, min(s + win, len(audio))) for s in range(0, max(1, len(audio) - win + 1), step)]
+        vecs = []
+        for s, e in spans:
+            mid = (s + e) // 2
+            v = np.asarray(self.table[int(audio[mid - mid % (SAMPLE_RATE // 2)])], np.float32)
+            vecs.append(v / np.linalg.norm(v))
+        return np.stack(vecs), spans
+
+
+def voices(*parts: tuple[int, float]) -> np.ndarray:
+    """Audio whose every 0.5 s block starts with its voice's key: (key, seconds) in order."""
+    out = []
+    for key, seconds in parts:
+        a = np.zeros(int(seconds * SAMPLE_RATE), np.float32)
+        a[:: SAMPLE_RATE // 2] = key
+        out.append(a)
+    return np.concatenate(out)
+
+
+def test_a_change_of_voice_inside_a_segment_cuts_it_where_the_voice_changes() -> None:
+    emb = PartialsEmbedder({1: [1.0, 0.0, 0.0], 2: [0.0, 1.0, 0.0], 3: [0.9, 0.1, 0.0]})
+    d = OnlineDiarizer(DiarizeConfig(enabled=True, split_min_s=3.0), emb)
+    audio = voices((1, 3.0), (2, 3.0))
+    pieces = d.split(audio)
+    assert len(pieces) == 2 and pieces[0].start == 0 and pieces[1].end == len(audio)
+    assert abs(pieces[0].end - 3 * SAMPLE_RATE) <= SAMPLE_RATE // 2, pieces[0].end / SAMPLE_RATE
+    assert d.speakers == 0, "looking for a change commits nothing"
+    assert [d.assign(audio[p.start:p.end], p.embedding) for p in pieces] == ["A", "B"]
+    assert len(d.split(voices((1, 6.0)))) == 1  # one voice all along
+    assert len(d.split(voices((1, 1.0), (2, 1.5)))) == 1  # shorter than split_min_s: never searched
+    # a known speaker whose voice moves (3 is close to 1) is not a change of speaker
+    assert len(d.split(voices((1, 3.0), (3, 3.0)))) == 1
+    off = OnlineDiarizer(DiarizeConfig(enabled=True, split=False), emb)
+    assert len(off.split(audio)) == 1
+
+
+def test_the_real_encoder_splits_two_voices_spoken_without_a_pause(embedder: SpeakerEmbedder) -> None:
+    first = synth_speech("Honestly I was not expecting any of this, and now I really do not know what to say.",
+                         voice="en-us+m3")
+    first = first[: int(speech_bounds(first)[1] * SAMPLE_RATE) + 160]
+    second = synth_speech("Well that is fine by me, we can talk about it again tomorrow after breakfast.",
+                          voice="en-us+f3")
+    d = OnlineDiarizer(DiarizeConfig(enabled=True), embedder)
+    pieces = d.split(np.concatenate([first, second]))
+    assert len(pieces) == 2, "two voices back to back are two utterances"
+    assert abs(pieces[0].end - len(first)) <= 0.8 * SAMPLE_RATE, (pieces[0].end, len(first))
+    labels = [d.assign(np.concatenate([first, second])[p.start:p.end], p.embedding) for p in pieces]
+    assert labels == ["A", "B"]
+    same = synth_speech("The weather is very nice today in London, and the trains are on time for once.",
+                        voice="en-us+m3")
+    assert len(d.split(np.concatenate([first, same]))) == 1, "the same voice saying two things stays whole"

@@ -465,7 +465,7 @@ def _cmd_diarization(args: argparse.Namespace) -> dict[str, Any]:
         for c in args.composed:
             _exists(c / "manifest.json", "diarization: --composed", "file")
         report = diarization_study(root, args.out, args.overrides, args.config, args.conversations, args.seed,
-                                   args.composed)
+                                   args.composed, args.split_only)
     except FileNotFoundError as exc:
         raise UsageError(f"diarization: {exc}") from None
     print(json.dumps({k: v for k, v in report.items() if "sweep" not in k}, indent=2))

@@ -193,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conversations", type=int, default=12, help="per LibriSpeech set (default 12)")
     p.add_argument("--composed", type=Path, action="append", default=[],
                    help="a `compose --split dev` folder whose utterances are swept too (repeatable)")
+    p.add_argument("--split-only", action="store_true",
+                   help="only the sweep of the threshold that cuts a segment where the voice changes (no product runs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging on the console")
 

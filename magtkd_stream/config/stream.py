@@ -99,6 +99,9 @@ class DiarizeConfig:
     threshold: float = 0.7  # selected on two dev sets (docs/RESULTS.md): emotional dev A and LibriSpeech
     min_new_s: float = 1.0
     names: list[str] = field(default_factory=list)  # labels for the speakers in order of appearance
+    split: bool = True  # cut a segment in two where the voice changes inside it
+    split_threshold: float = 0.75  # ... where the two sides' embeddings are less alike than this (docs/RESULTS.md)
+    split_min_s: float = 3.0  # only segments this long are searched (they are embedded before their ASR starts)
 
     def __post_init__(self) -> None:
         def check(ok: bool, key: str, msg: str) -> None:
@@ -116,6 +119,11 @@ class DiarizeConfig:
               "names", f"must be a list of speaker names (1 to 128 characters each), got {self.names!r}")
         self.names = [n.strip() for n in self.names]
         check(len(set(self.names)) == len(self.names), "names", f"must not repeat a name, got {self.names!r}")
+        check(isinstance(self.split, bool), "split", f"must be true or false, got {self.split!r}")
+        check(_number(self.split_threshold) and -1.0 <= self.split_threshold <= 1.0, "split_threshold",
+              f"must be a cosine similarity in [-1, 1], got {self.split_threshold!r}")
+        check(_number(self.split_min_s) and self.split_min_s >= 2 * self.min_new_s, "split_min_s",
+              f"must be a number of seconds >= 2 * min_new_s ({2 * self.min_new_s:g}), got {self.split_min_s!r}")
         check(len(self.names) <= self.max_speakers, "names",
               f"names {len(self.names)} speakers, more than max_speakers ({self.max_speakers})")
 

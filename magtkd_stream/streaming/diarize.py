@@ -8,6 +8,12 @@ speaker embedding (the GE2E encoder that ships inside the resemblyzer wheel)
 is compared with the speakers heard so far in the session, in utterance
 order, and joins the most similar one or opens a new one. A label, once
 given, is never revised: events already sent stay true.
+
+One VAD segment may hold two voices (an answer that follows without a pause).
+A long segment's partial embeddings (1.6 s windows) are compared before and
+after every candidate boundary; where the two sides are least alike, below
+`split_threshold`, and do not both match one speaker already heard, the
+segment is cut in two there, and each piece becomes an utterance of its own.
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ from __future__ import annotations
 import logging
 import string
 import threading
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -23,6 +30,35 @@ from magtkd_stream.config import DiarizeConfig
 from magtkd_stream.names import SAMPLE_RATE
 
 log = logging.getLogger(__name__)
+
+SPLIT_RATE = 2.0  # partial embeddings per second of a segment searched for a change of voice
+MIN_PARTIALS_A_SIDE = 2  # a side of a change needs this many partial embeddings of its own
+
+
+@dataclass
+class Piece:
+    """A stretch of one segment spoken by one voice: samples [start, end) and its speaker embedding."""
+
+    start: int
+    end: int
+    embedding: Optional[np.ndarray] = None  # None: not computed yet (the diarizer embeds it later)
+
+
+def change_point(partials: np.ndarray) -> tuple[Optional[int], float]:
+    """(k, similarity): the boundary k (the second side starts at partial k) where the mean embeddings before and
+    after are least alike, and their cosine similarity; (None, 1.0) with too few partials for two sides."""
+    n = len(partials)
+    best: tuple[Optional[int], float] = (None, 1.0)
+    for k in range(MIN_PARTIALS_A_SIDE, n - MIN_PARTIALS_A_SIDE + 1):
+        left, right = _unit(partials[:k].mean(0)), _unit(partials[k:].mean(0))
+        sim = float(left @ right)
+        if sim < best[1]:
+            best = (k, sim)
+    return best
+
+
+def _unit(v: np.ndarray) -> np.ndarray:
+    return (v / max(float(np.linalg.norm(v)), 1e-8)).astype(np.float32)
 
 
 class SpeakerEmbedder:
@@ -56,6 +92,19 @@ class SpeakerEmbedder:
             emb = np.asarray(self.model.embed_utterance(prepared), dtype=np.float32)
         return emb / max(float(np.linalg.norm(emb)), 1e-8)
 
+    def partials(self, audio: np.ndarray, rate: float = SPLIT_RATE) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """Unit embeddings of 1.6 s windows, `rate` per second, over the segment as it is (volume normalised, no
+        pause trimmed, so the windows' sample spans are the segment's own)."""
+        from resemblyzer.audio import normalize_volume
+        from resemblyzer.hparams import audio_norm_target_dBFS
+
+        wav = normalize_volume(np.asarray(audio, dtype=np.float32), audio_norm_target_dBFS, increase_only=True)
+        with self._lock:
+            _, parts, slices = self.model.embed_utterance(wav, return_partials=True, rate=rate)
+        parts = np.asarray(parts, dtype=np.float32)
+        parts /= np.maximum(np.linalg.norm(parts, axis=1, keepdims=True), 1e-8)
+        return parts, [(int(s.start), min(int(s.stop), len(wav))) for s in slices]
+
 
 def speaker_labels(first: str, count: int) -> list[str]:
     """Labels for up to `count` speakers: the alphabet on from a one-letter name, else "Ann", "Ann 2", ..."""
@@ -83,10 +132,13 @@ class OnlineDiarizer:
     def speakers(self) -> int:
         return len(self._sums)
 
-    def assign(self, audio: np.ndarray) -> str:
-        """The speaker label of one utterance's audio (a speaker's mean takes in only confident matches)."""
+    def assign(self, audio: np.ndarray, embedding: Optional[np.ndarray] = None) -> str:
+        """The speaker label of one utterance's audio (a speaker's mean takes in only confident matches).
+
+        embedding: the audio's speaker embedding when already computed (a piece of a split segment).
+        """
         seconds = len(audio) / SAMPLE_RATE
-        emb = self.embed(audio)
+        emb = self.embed(audio) if embedding is None else embedding
         with self._lock:
             if not self._sums:
                 return self._open(emb)
@@ -98,6 +150,39 @@ class OnlineDiarizer:
             if similar:  # a doubtful match (too short to open a speaker, or no room) leaves the mean alone
                 self._sums[best] = self._sums[best] + emb
             return self.labels[best]
+
+    def split(self, audio: np.ndarray) -> list[Piece]:
+        """The segment's pieces, one per voice: two when the voice changes inside it, else the whole segment.
+
+        Only segments of at least split_min_s are searched (and then embedded here, so the pieces' later
+        assign() needs no second pass); each piece must last min_new_s. Nothing is changed.
+        """
+        whole = [Piece(0, len(audio))]
+        cfg = self.cfg
+        if not cfg.split or len(audio) < cfg.split_min_s * SAMPLE_RATE or not hasattr(self.embed, "partials"):
+            return whole
+        parts, spans = self.embed.partials(audio)
+        k, sim = change_point(parts)
+        if k is None or sim >= cfg.split_threshold:
+            whole[0].embedding = _unit(parts.mean(0))
+            return whole
+        left, right = _unit(parts[:k].mean(0)), _unit(parts[k:].mean(0))
+        cut = (spans[k][0] + spans[k - 1][1]) // 2  # the middle of the windows' overlap around the boundary
+        shortest = min(cut, len(audio) - cut) / SAMPLE_RATE
+        with self._lock:
+            sums = list(self._sums)
+        if sums:  # both sides like one speaker already heard: that person's voice moved, no change of speaker
+            sims = _similarities(sums, np.stack([left, right]).T).T  # (2, speakers)
+            best = sims.argmax(1)
+            if best[0] == best[1] and (sims[:, best[0]] >= cfg.threshold).all():
+                whole[0].embedding = _unit(parts.mean(0))
+                return whole
+        if shortest < cfg.min_new_s:
+            whole[0].embedding = _unit(parts.mean(0))
+            return whole
+        log.debug("voice changes %.2f s into a %.2f s segment (similarity %.2f)", cut / SAMPLE_RATE,
+                  len(audio) / SAMPLE_RATE, sim)
+        return [Piece(0, cut, left), Piece(cut, len(audio), right)]
 
     def peek(self, audio: np.ndarray) -> str:
         """The label the speech so far would most likely get, changing nothing (for interim events)."""
@@ -116,6 +201,6 @@ class OnlineDiarizer:
 
 
 def _similarities(sums: list[np.ndarray], emb: np.ndarray) -> np.ndarray:
-    """Cosine similarity of a unit embedding to each speaker's centroid (the direction of its sum)."""
+    """Cosine similarity of a unit embedding (or the columns of a (dim, n) matrix) to each speaker's centroid."""
     centroids = np.stack([s / max(float(np.linalg.norm(s)), 1e-8) for s in sums])
     return centroids @ emb

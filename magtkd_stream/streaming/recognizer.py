@@ -147,11 +147,6 @@ class Recognizer:
 
             self._vad_model = await loop.run_in_executor(self._vad_pool, get_vad_model)
         name = speaker or session
-        core = SessionCore(
-            session, name, self.backend.stream.vad, num_frames=self.num_frames,
-            max_frames=self.backend.stream.max_frames, context_turns=self.context_turns,
-            vad_model=self._vad_model, clock=self.clock,
-        )
         diarizer = None
         if self.backend.stream.diarize.enabled:
             if self._embedder is None:
@@ -160,6 +155,11 @@ class Recognizer:
             if names:
                 settings = dataclasses.replace(settings, names=list(names))
             diarizer = OnlineDiarizer(settings, self._embedder, name)
+        core = SessionCore(
+            session, name, self.backend.stream.vad, num_frames=self.num_frames,
+            max_frames=self.backend.stream.max_frames, context_turns=self.context_turns,
+            vad_model=self._vad_model, clock=self.clock, splitter=None if diarizer is None else diarizer.split,
+        )
         key = session if conversation is None else CONVERSATION_KEY + conversation
         conv = self.conversations.get(key)
         if conv is None:
@@ -343,7 +343,7 @@ class Recognizer:
             await asyncio.gather(previous, return_exceptions=True)
         try:
             job.speaker = await asyncio.get_running_loop().run_in_executor(
-                self._vad_pool, sess.diarizer.assign, job.audio)
+                self._vad_pool, sess.diarizer.assign, job.audio, job.voice)
         except Exception as exc:  # a failed embedding costs the label only: the session's name stays
             log.warning("session %s: speaker of utterance %d unknown: %s", job.session, job.index, _describe(exc))
 

@@ -11,6 +11,7 @@ bounded: old audio is dropped by the segmenter, old frames here.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -24,7 +25,11 @@ from magtkd_stream.config import VADConfig
 from magtkd_stream.names import SAMPLE_RATE
 from magtkd_stream.streaming.vad import VADSegmenter
 
+log = logging.getLogger(__name__)
+
 Clock = Callable[[], float]
+# A segment's audio -> its pieces, one per voice (magtkd_stream/streaming/diarize.py OnlineDiarizer.split)
+Splitter = Callable[[np.ndarray], list[Any]]
 
 
 @dataclass
@@ -44,6 +49,7 @@ class UtteranceJob:
     cut_wall: float = 0.0  # wall clock when the segmenter released the utterance
     cut: bool = False  # ended by the length limit, not by silence
     text: Optional[str] = None
+    voice: Optional[np.ndarray] = field(default=None, repr=False)  # speaker embedding, when computed at the cut
 
 
 def sample_evenly(n: int, k: int) -> list[int]:
@@ -153,6 +159,7 @@ class SessionCore:
         context_turns: int = 8,
         vad_model: Any = None,
         clock: Clock = time.time,
+        splitter: Optional[Splitter] = None,
     ) -> None:
         if num_frames < 1:
             raise ValueError(f"num_frames must be >= 1, got {num_frames}")
@@ -165,6 +172,7 @@ class SessionCore:
         self.frames = FrameBuffer(max(2, max_frames), horizon)
         self.transcripts = Transcripts(context_turns)
         self.clock = clock
+        self.splitter = splitter  # cuts a segment where the voice changes (diarization); None: never
         self.next_index = 0
         self.samples = 0  # audio samples received
         self.frames_received = 0
@@ -254,26 +262,45 @@ class SessionCore:
                 return wall
         return self._arrivals[-1][1] if self._arrivals else self.clock()
 
+    def _pieces(self, utt: Any) -> list[tuple[float, float, np.ndarray, bool, Optional[np.ndarray]]]:
+        """(start_s, end_s, audio, cut, voice) of each voice's piece of a segment (the whole one without a splitter)."""
+        pieces = None
+        if self.splitter is not None:
+            try:
+                pieces = self.splitter(utt.audio)
+            except Exception:  # a failed search for a change of voice costs the split only
+                log.exception("session %s: looking for a change of voice failed; the segment stays whole", self.session)
+        if not pieces:
+            return [(utt.start_s, utt.end_s, utt.audio, utt.cut, None)]
+        out = []
+        for k, p in enumerate(pieces):
+            last = k == len(pieces) - 1
+            out.append((utt.start_s + p.start / SAMPLE_RATE, utt.end_s if last else utt.start_s + p.end / SAMPLE_RATE,
+                        utt.audio[p.start:p.end], utt.cut and last, p.embedding))
+        return out
+
     def _jobs(self, utterances: list, now: float) -> list[UtteranceJob]:
         jobs = []
         for utt in utterances:
-            times, frames = self.frames.take(utt.start_s, utt.end_s, self.num_frames)
-            job = UtteranceJob(
-                session=self.session,
-                index=self.next_index,
-                speaker=self.speaker,
-                start_s=utt.start_s,
-                end_s=utt.end_s,
-                audio=utt.audio,
-                frames=frames,
-                frame_times=times,
-                context=self.context_before(self.next_index),
-                end_wall=self.arrival_wall(utt.end_s),
-                cut_wall=now,
-                cut=utt.cut,
-            )
-            self.next_index += 1
-            jobs.append(job)
+            for start_s, end_s, audio, cut, voice in self._pieces(utt):
+                times, frames = self.frames.take(start_s, end_s, self.num_frames)
+                job = UtteranceJob(
+                    session=self.session,
+                    index=self.next_index,
+                    speaker=self.speaker,
+                    start_s=start_s,
+                    end_s=end_s,
+                    audio=audio,
+                    frames=frames,
+                    frame_times=times,
+                    context=self.context_before(self.next_index),
+                    end_wall=self.arrival_wall(end_s),
+                    cut_wall=now,
+                    cut=cut,
+                    voice=voice,
+                )
+                self.next_index += 1
+                jobs.append(job)
         if jobs:  # arrivals before the last cut are no longer needed
             last = jobs[-1].end_s
             while len(self._arrivals) > 1 and self._arrivals[1][0] <= last:

@@ -28,7 +28,7 @@ import numpy as np
 
 from magtkd_stream.config import DiarizeConfig
 from magtkd_stream.names import SAMPLE_RATE
-from magtkd_stream.streaming.diarize import OnlineDiarizer, SpeakerEmbedder
+from magtkd_stream.streaming.diarize import OnlineDiarizer, SpeakerEmbedder, change_point
 from training.devset.speakers import attribution_summary
 
 log = logging.getLogger(__name__)
@@ -135,6 +135,38 @@ def sweep(convos: Sequence[list[Turn]], embedder: SpeakerEmbedder,
     return out
 
 
+SPLIT_THRESHOLDS = (0.55, 0.6, 0.65, 0.7, 0.75)
+
+
+def split_sweep(clips: dict[str, list[np.ndarray]], embedder: SpeakerEmbedder, pairs: int = 40,
+                seconds: float = 4.0, composed: Sequence[list[Turn]] = (), min_s: float = 3.0,
+                thresholds: Sequence[float] = SPLIT_THRESHOLDS) -> dict[str, Any]:
+    """How often a change of voice inside one segment is found, and a single voice is cut, per split threshold.
+
+    Changes: `pairs` segments made of `seconds` of one speaker then `seconds` of another, no pause. Single
+    voices: 2 x `seconds` of one speaker, and every composed utterance of at least `min_s` (one actor or
+    espeak-ng voice each). Counted for a session that has heard no one yet (no known speaker to match).
+    """
+    n = int(seconds * SAMPLE_RATE)
+    long = {s: c[0] for s, c in clips.items() if c and c[0].size >= 2 * n}
+    names = sorted(long)
+    changes = [np.concatenate([long[a][:n], long[b][:n]])
+               for a, b in zip(names[:pairs], names[1:pairs + 1])]
+    single = [long[s][: 2 * n] for s in names[:pairs]]
+    acted = [t.audio for c in composed for t in c if t.audio.size >= min_s * SAMPLE_RATE]
+    sims = {name: [change_point(embedder.partials(a)[0])[1] for a in group]
+            for name, group in (("change", changes), ("single", single), ("composed_single", acted))}
+    return {"segments": {k: len(v) for k, v in sims.items()},
+            "per_threshold": {str(th): {"changes_found": _share([s < th for s in sims["change"]]),
+                                        "single_voices_cut": _share([s < th for s in sims["single"]]),
+                                        "composed_utterances_cut": _share([s < th for s in sims["composed_single"]])}
+                              for th in thresholds}}
+
+
+def _share(hits: Sequence[bool]) -> Optional[float]:
+    return round(sum(hits) / len(hits), 4) if hits else None
+
+
 def _annotation(segments: Sequence[tuple[float, float, str]]) -> Any:
     from pyannote.core import Annotation, Segment
 
@@ -200,8 +232,11 @@ def read_uem(path: Path) -> dict[str, tuple[float, float]]:
 
 def diarization_study(data: Path, out: Path, overrides: Sequence[str] = (), config: str = "lite",
                       conversations: int = 12, seed: int = 0,
-                      composed: Sequence[Path] = ()) -> dict[str, Any]:
-    """The whole study (module docstring); `composed`: emotion dev folders swept as well (acted voices vary more)."""
+                      composed: Sequence[Path] = (), split_only: bool = False) -> dict[str, Any]:
+    """The whole study (module docstring); `composed`: emotion dev folders swept as well (acted voices vary more).
+
+    split_only: only the sweep of the split threshold (seconds, no product runs).
+    """
     from training.devset.score_dev import run_product
 
     speakers = data / "speakers"
@@ -213,6 +248,12 @@ def diarization_study(data: Path, out: Path, overrides: Sequence[str] = (), conf
     embedder = SpeakerEmbedder()
     report: dict[str, Any] = {"config": config, "overrides": list(overrides), "collar_s": COLLAR_S}
 
+    report["split_sweep"] = split_sweep(clips_by_speaker(speakers / "librispeech_one_each"), embedder,
+                                        composed=[t for f in composed for t in composed_turns(f)])
+    log.info("split sweep: %s", report["split_sweep"]["per_threshold"])
+    if split_only:
+        (out / "diarization.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+        return report
     dev = compose(clips_by_speaker(speakers / "librispeech_one_each", pieces=3), conversations, 3, 3, seed)
     report["dev_sweep"] = sweep(dev, embedder)
     for folder in composed:

@@ -167,20 +167,30 @@ class RecognizerHandle:
         return self.backend.info.labels
 
     def session(self, session: str = "live", speaker: Optional[str] = None, video: bool = False,
-                on_event: Optional[EventFn] = None) -> LiveSession:
-        """Open a live session; `on_event(event)` is called on the recognizer's thread for every event."""
+                on_event: Optional[EventFn] = None, conversation: Optional[str] = None) -> LiveSession:
+        """Open a live session; `on_event(event)` is called on the recognizer's thread for every event.
+
+        conversation: the session joins it as one participant (one context window with the other
+        sessions that name it; give each its own `speaker`), as publishers do over the protocol.
+        """
         if self.closed:
             raise RuntimeError("the recognizer is closed")
         if session in self._sessions:
             raise ValueError(f"session {session!r} is already open")
         live = LiveSession(self, session, on_event)
         self._sessions[session] = live
+        now = time.time()
         try:
-            self._call(self.recognizer.open(session, speaker, video))
+            self._call(self.recognizer.open(session, speaker, video, conversation))
         except BaseException:
             self._sessions.pop(session, None)
             raise
-        live._deliver(make_session_start(session, speaker, video, SAMPLE_RATE, time.time()))
+        offset = 0.0
+        if conversation is not None:  # its clock starts when its first participant opened
+            from magtkd_stream.streaming.recognizer import CONVERSATION_KEY
+
+            offset = max(0.0, now - self.recognizer.conversations[CONVERSATION_KEY + conversation].opened)
+        live._deliver(make_session_start(session, speaker, video, SAMPLE_RATE, now, conversation, offset))
         return live
 
     def run_file(self, path: Union[str, Path], fast: bool = True, speaker: Optional[str] = "A",

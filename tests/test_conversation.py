@@ -270,3 +270,29 @@ def test_two_voices_in_one_segment_become_two_utterances_of_two_speakers() -> No
     assert [e["speaker"] for e in emotions] == ["room", "room 2"]
     boundary = 0.5 + len(first) / 16000
     assert abs(emotions[0]["end"] - boundary) < 0.8 and emotions[1]["start"] == emotions[0]["end"]
+
+
+@pytest.mark.slow
+def test_the_python_api_opens_participants_of_one_conversation() -> None:
+    import magtkd_stream
+    from speech import synth_speech
+
+    line = np.concatenate([np.zeros(SR // 2, np.float32), synth_speech("I finally got the job."),
+                           np.zeros(int(1.2 * SR), np.float32)])
+    with magtkd_stream.load("tiny") as rec:
+        ann = rec.session("call.ann", speaker="Ann", conversation="call")
+        ann.feed_audio(line)
+        time.sleep(0.3)
+        ben = rec.session("call.ben", speaker="Ben", conversation="call")
+        ben.feed_audio(line)
+        solo = rec.session("solo", speaker="Sol")
+        ben.close()
+        ann.close()
+        solo.close()
+        events = {s.session: s.poll() for s in (ann, ben, solo)}
+    starts = {k: v[0] for k, v in events.items()}
+    assert starts["call.ann"]["conversation"] == starts["call.ben"]["conversation"] == "call"
+    assert starts["call.ann"]["offset"] == 0 and starts["call.ben"]["offset"] >= 0.3
+    assert "conversation" not in starts["solo"]
+    ben_emotions = [e for e in events["call.ben"] if e["type"] == "emotion"]
+    assert ben_emotions and all(e["conversation"] == "call" and e["speaker"] == "Ben" for e in ben_emotions)

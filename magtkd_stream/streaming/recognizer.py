@@ -61,6 +61,7 @@ class _Conversation:
     key: str  # the fusion window's name
     transcripts: Transcripts
     name: Optional[str] = None  # the conversation id the clients gave; None: a session of its own
+    opened: float = 0.0  # wall clock when its first participant opened: the start of its clock
     members: set[str] = field(default_factory=set)
     turns: int = 0  # utterances cut so far, over every participant
     transcribed: Optional[asyncio.Future] = None  # the newest turn's transcript is known
@@ -163,7 +164,8 @@ class Recognizer:
         key = session if conversation is None else CONVERSATION_KEY + conversation
         conv = self.conversations.get(key)
         if conv is None:
-            conv = self.conversations[key] = _Conversation(key, Transcripts(self.context_turns), conversation)
+            conv = self.conversations[key] = _Conversation(key, Transcripts(self.context_turns), conversation,
+                                                           self.clock())
         conv.members.add(session)
         self.sessions[session] = _Session(core, name, video, conv, diarizer=diarizer)
 

@@ -37,11 +37,10 @@ MIN_PARTIALS_A_SIDE = 2  # a side of a change needs this many partial embeddings
 
 @dataclass
 class Piece:
-    """A stretch of one segment spoken by one voice: samples [start, end) and its speaker embedding."""
+    """A stretch of one segment spoken by one voice: samples [start, end)."""
 
     start: int
     end: int
-    embedding: Optional[np.ndarray] = None  # None: not computed yet (the diarizer embeds it later)
 
 
 def change_point(partials: np.ndarray) -> tuple[Optional[int], float]:
@@ -132,13 +131,10 @@ class OnlineDiarizer:
     def speakers(self) -> int:
         return len(self._sums)
 
-    def assign(self, audio: np.ndarray, embedding: Optional[np.ndarray] = None) -> str:
-        """The speaker label of one utterance's audio (a speaker's mean takes in only confident matches).
-
-        embedding: the audio's speaker embedding when already computed (a piece of a split segment).
-        """
+    def assign(self, audio: np.ndarray) -> str:
+        """The speaker label of one utterance's audio (a speaker's mean takes in only confident matches)."""
         seconds = len(audio) / SAMPLE_RATE
-        emb = self.embed(audio) if embedding is None else embedding
+        emb = self.embed(audio)
         with self._lock:
             if not self._sums:
                 return self._open(emb)
@@ -154,8 +150,9 @@ class OnlineDiarizer:
     def split(self, audio: np.ndarray) -> list[Piece]:
         """The segment's pieces, one per voice: two when the voice changes inside it, else the whole segment.
 
-        Only segments of at least split_min_s are searched (and then embedded here, so the pieces' later
-        assign() needs no second pass); each piece must last min_new_s. Nothing is changed.
+        Only segments of at least split_min_s are searched; each piece must last min_new_s. Nothing is
+        changed: each piece's speaker is assigned later from its own embedding (assign), computed the way
+        the clustering threshold was chosen (pauses trimmed), not from the partial windows searched here.
         """
         whole = [Piece(0, len(audio))]
         cfg = self.cfg
@@ -164,7 +161,6 @@ class OnlineDiarizer:
         parts, spans = self.embed.partials(audio)
         k, sim = change_point(parts)
         if k is None or sim >= cfg.split_threshold:
-            whole[0].embedding = _unit(parts.mean(0))
             return whole
         left, right = _unit(parts[:k].mean(0)), _unit(parts[k:].mean(0))
         cut = (spans[k][0] + spans[k - 1][1]) // 2  # the middle of the windows' overlap around the boundary
@@ -175,14 +171,12 @@ class OnlineDiarizer:
             sims = _similarities(sums, np.stack([left, right]).T).T  # (2, speakers)
             best = sims.argmax(1)
             if best[0] == best[1] and (sims[:, best[0]] >= cfg.threshold).all():
-                whole[0].embedding = _unit(parts.mean(0))
                 return whole
         if shortest < cfg.min_new_s:
-            whole[0].embedding = _unit(parts.mean(0))
             return whole
         log.debug("voice changes %.2f s into a %.2f s segment (similarity %.2f)", cut / SAMPLE_RATE,
                   len(audio) / SAMPLE_RATE, sim)
-        return [Piece(0, cut, left), Piece(cut, len(audio), right)]
+        return [Piece(0, cut), Piece(cut, len(audio))]
 
     def peek(self, audio: np.ndarray) -> str:
         """The label the speech so far would most likely get, changing nothing (for interim events)."""

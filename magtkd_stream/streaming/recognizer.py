@@ -345,7 +345,7 @@ class Recognizer:
             await asyncio.gather(previous, return_exceptions=True)
         try:
             job.speaker = await asyncio.get_running_loop().run_in_executor(
-                self._vad_pool, sess.diarizer.assign, job.audio, job.voice)
+                self._vad_pool, sess.diarizer.assign, job.audio)
         except Exception as exc:  # a failed embedding costs the label only: the session's name stays
             log.warning("session %s: speaker of utterance %d unknown: %s", job.session, job.index, _describe(exc))
 

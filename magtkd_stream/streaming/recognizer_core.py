@@ -49,7 +49,6 @@ class UtteranceJob:
     cut_wall: float = 0.0  # wall clock when the segmenter released the utterance
     cut: bool = False  # ended by the length limit, not by silence
     text: Optional[str] = None
-    voice: Optional[np.ndarray] = field(default=None, repr=False)  # speaker embedding, when computed at the cut
 
 
 def sample_evenly(n: int, k: int) -> list[int]:
@@ -262,8 +261,8 @@ class SessionCore:
                 return wall
         return self._arrivals[-1][1] if self._arrivals else self.clock()
 
-    def _pieces(self, utt: Any) -> list[tuple[float, float, np.ndarray, bool, Optional[np.ndarray]]]:
-        """(start_s, end_s, audio, cut, voice) of each voice's piece of a segment (the whole one without a splitter)."""
+    def _pieces(self, utt: Any) -> list[tuple[float, float, np.ndarray, bool]]:
+        """(start_s, end_s, audio, cut) of each voice's piece of a segment (the whole one without a splitter)."""
         pieces = None
         if self.splitter is not None:
             try:
@@ -271,18 +270,18 @@ class SessionCore:
             except Exception:  # a failed search for a change of voice costs the split only
                 log.exception("session %s: looking for a change of voice failed; the segment stays whole", self.session)
         if not pieces:
-            return [(utt.start_s, utt.end_s, utt.audio, utt.cut, None)]
+            return [(utt.start_s, utt.end_s, utt.audio, utt.cut)]
         out = []
         for k, p in enumerate(pieces):
             last = k == len(pieces) - 1
             out.append((utt.start_s + p.start / SAMPLE_RATE, utt.end_s if last else utt.start_s + p.end / SAMPLE_RATE,
-                        utt.audio[p.start:p.end], utt.cut and last, p.embedding))
+                        utt.audio[p.start:p.end], utt.cut and last))
         return out
 
     def _jobs(self, utterances: list, now: float) -> list[UtteranceJob]:
         jobs = []
         for utt in utterances:
-            for start_s, end_s, audio, cut, voice in self._pieces(utt):
+            for start_s, end_s, audio, cut in self._pieces(utt):
                 times, frames = self.frames.take(start_s, end_s, self.num_frames)
                 job = UtteranceJob(
                     session=self.session,
@@ -297,7 +296,6 @@ class SessionCore:
                     end_wall=self.arrival_wall(end_s),
                     cut_wall=now,
                     cut=cut,
-                    voice=voice,
                 )
                 self.next_index += 1
                 jobs.append(job)

@@ -56,8 +56,3 @@ class Conversations:
         room.speakers.pop(session, None)
         if not room.speakers:
             del self._rooms[conversation or ""]
-
-    def participants(self, conversation: str) -> dict[str, str]:
-        """session -> speaker name of the conversation's live participants."""
-        room = self._rooms.get(conversation)
-        return dict(room.speakers) if room is not None else {}

@@ -187,9 +187,7 @@ class RecognizerHandle:
             raise
         offset = 0.0
         if conversation is not None:  # its clock starts when its first participant opened
-            from magtkd_stream.streaming.recognizer import CONVERSATION_KEY
-
-            offset = max(0.0, now - self.recognizer.conversations[CONVERSATION_KEY + conversation].opened)
+            offset = max(0.0, now - self.recognizer.conversation_opened(conversation))
         live._deliver(make_session_start(session, speaker, video, SAMPLE_RATE, now, conversation, offset))
         return live
 

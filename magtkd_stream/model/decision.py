@@ -77,11 +77,15 @@ class DecisionLayer:
     def applies(self, heads: Mapping[str, Optional[np.ndarray]]) -> bool:
         return presence_pattern({m: heads.get(m) is not None for m in MODALITIES}) in self.patterns
 
+    def logits(self, features: np.ndarray) -> np.ndarray:
+        """(..., C) from decision_features rows (..., F)."""
+        return features @ self.weight.T + self.bias
+
     def __call__(self, fused: np.ndarray, heads: Mapping[str, Optional[np.ndarray]]) -> np.ndarray:
         """(C,) final probabilities of one utterance (MAGT's own where the pattern was never fitted)."""
         if not self.applies(heads):
             return np.asarray(fused, dtype=np.float64)
-        z = self.weight @ decision_features(fused, heads) + self.bias
+        z = self.logits(decision_features(fused, heads))
         z = np.exp(z - z.max())
         return z / z.sum()
 

@@ -89,7 +89,7 @@ class SpeakerEmbedder:
             prepared = wav
         with self._lock:
             emb = np.asarray(self.model.embed_utterance(prepared), dtype=np.float32)
-        return emb / max(float(np.linalg.norm(emb)), 1e-8)
+        return _unit(emb)
 
     def partials(self, audio: np.ndarray, rate: float = SPLIT_RATE) -> tuple[np.ndarray, list[tuple[int, int]]]:
         """Unit embeddings of 1.6 s windows, `rate` per second, over the segment as it is (volume normalised, no
@@ -162,9 +162,10 @@ class OnlineDiarizer:
         k, sim = change_point(parts)
         if k is None or sim >= cfg.split_threshold:
             return whole
-        left, right = _unit(parts[:k].mean(0)), _unit(parts[k:].mean(0))
         cut = (spans[k][0] + spans[k - 1][1]) // 2  # the middle of the windows' overlap around the boundary
-        shortest = min(cut, len(audio) - cut) / SAMPLE_RATE
+        if min(cut, len(audio) - cut) < cfg.min_new_s * SAMPLE_RATE:
+            return whole
+        left, right = _unit(parts[:k].mean(0)), _unit(parts[k:].mean(0))
         with self._lock:
             sums = list(self._sums)
         if sums:  # both sides like one speaker already heard: that person's voice moved, no change of speaker
@@ -172,8 +173,6 @@ class OnlineDiarizer:
             best = sims.argmax(1)
             if best[0] == best[1] and (sims[:, best[0]] >= cfg.threshold).all():
                 return whole
-        if shortest < cfg.min_new_s:
-            return whole
         log.debug("voice changes %.2f s into a %.2f s segment (similarity %.2f)", cut / SAMPLE_RATE,
                   len(audio) / SAMPLE_RATE, sim)
         return [Piece(0, cut), Piece(cut, len(audio))]

@@ -169,6 +169,10 @@ class Recognizer:
         conv.members.add(session)
         self.sessions[session] = _Session(core, name, video, conv, diarizer=diarizer)
 
+    def conversation_opened(self, conversation: str) -> float:
+        """Wall clock when the open conversation's first participant opened: the start of its clock."""
+        return self.conversations[CONVERSATION_KEY + conversation].opened
+
     async def audio(self, session: str, samples: np.ndarray, wall: Optional[float] = None) -> None:
         """Float32 mono 16 kHz samples; `wall`: when they arrived (default now)."""
         sess = self._session(session)

@@ -187,7 +187,7 @@ class EventBus:
         self._published += 1
         item = BusEvent(session, lg.seq, data, dumps(data), self._published)
         lg.buffer.append(item)
-        conv = self._conv.get(lg.conversation or "", set()) if lg.conversation else set()
+        conv = self._conv.get(lg.conversation, ()) if lg.conversation else ()
         for sub in list(lg.subscribers) + [s for s in (*self._all, *conv) if visible(s.tenant, lg.tenant)]:
             if not sub._offer(item):
                 self._drop(
@@ -256,19 +256,7 @@ class EventBus:
                     f"session {name!r} belongs to another tenant; this token reads only its own tenant's sessions",
                 )
         if resume is not None:
-            for name, last in resume.items():
-                lg = self._logs.get(name)
-                if lg is None or lg.state == "pending":
-                    raise ProtocolError(
-                        "unknown_session",
-                        f"cannot resume session {name!r}: this server does not know it (it never ran here, or it "
-                        f"ended more than {self.ended_session_ttl_s:g} s / {self.ended_sessions_kept} sessions ago)",
-                    )
-                if last > lg.seq:
-                    raise ProtocolError(
-                        "bad_message",
-                        f"resume: last_seq {last} for session {name!r} is ahead of its newest event {lg.seq}",
-                    )
+            self._check_resume(resume)
             if session == ALL:
                 names = [n for n, lg in self._logs.items() if lg.state != "pending" and visible(tenant, lg.tenant)]
             else:
@@ -295,10 +283,7 @@ class EventBus:
             if strangers:
                 raise ProtocolError("bad_message", f"resume names sessions {strangers} that are not known "
                                                    f"participants of conversation {conversation!r}")
-            for name, last in resume.items():
-                if last > self._logs[name].seq:
-                    raise ProtocolError("bad_message", f"resume: last_seq {last} for session {name!r} is ahead "
-                                                       f"of its newest event {self._logs[name].seq}")
+            self._check_resume(resume)
             for name in members:
                 replay.extend(self._replay_items(name, resume.get(name, 0)))
             # gaps first, then the participants' events interleaved as they were published
@@ -306,6 +291,22 @@ class EventBus:
         sub = Subscription(self, "", self.subscriber_queue, replay, tenant, conversation)
         self._conv.setdefault(conversation, set()).add(sub)
         return sub
+
+    def _check_resume(self, resume: Mapping[str, int]) -> None:
+        """Raise ProtocolError unless every session of `resume` is known and its last_seq not ahead of it."""
+        for name, last in resume.items():
+            lg = self._logs.get(name)
+            if lg is None or lg.state == "pending":
+                raise ProtocolError(
+                    "unknown_session",
+                    f"cannot resume session {name!r}: this server does not know it (it never ran here, or it "
+                    f"ended more than {self.ended_session_ttl_s:g} s / {self.ended_sessions_kept} sessions ago)",
+                )
+            if last > lg.seq:
+                raise ProtocolError(
+                    "bad_message",
+                    f"resume: last_seq {last} for session {name!r} is ahead of its newest event {lg.seq}",
+                )
 
     def _replay_items(self, session: str, last: int) -> list[BusItem]:
         lg = self._logs[session]

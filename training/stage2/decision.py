@@ -130,9 +130,8 @@ def _neutral_ok(s: Mapping[str, float]) -> bool:
 
 def layer_probs(layer: DecisionLayer, rows: Rows) -> np.ndarray:
     """The layer's output on rows (MAGT's probabilities where the row's pattern is not fitted)."""
-    z = rows.x @ layer.weight.T + layer.bias
     fitted = np.array([p in layer.patterns for p in rows.patterns])
-    return np.where(fitted[:, None], softmax(z), rows.magt)
+    return np.where(fitted[:, None], softmax(layer.logits(rows.x)), rows.magt)
 
 
 def fit_decision(train: Rows, dev: Rows, num_classes: int, min_rows: int = 50, seed: int = 0,
@@ -166,8 +165,7 @@ def fit_decision(train: Rows, dev: Rows, num_classes: int, min_rows: int = 50, s
     assert best is not None
     _, layer, chosen = best
     fitted = np.array([p in patterns for p in dev.patterns])
-    z = dev.x[fitted] @ layer.weight.T + layer.bias
-    t = fit_temperature(z, dev.y[fitted]) if fitted.any() else 1.0
+    t = fit_temperature(layer.logits(dev.x[fitted]), dev.y[fitted]) if fitted.any() else 1.0
     layer = DecisionLayer(layer.weight / t, layer.bias / t, patterns)
     layer.info = {"fitted_on": len(fit_rows), "per_pattern": {p: counts[p] for p in sorted(patterns)},
                   "chosen": {"C": chosen["C"], "class_weight": chosen["class_weight"]}, "temperature": round(t, 4),
@@ -178,9 +176,8 @@ def fit_decision(train: Rows, dev: Rows, num_classes: int, min_rows: int = 50, s
 
 
 def by_cue(rows: Rows, probs: np.ndarray) -> dict[str, float]:
-    pred = probs.argmax(1)
-    return {c: round(float((pred[np.array(rows.cues) == c] == rows.y[np.array(rows.cues) == c]).mean()), 4)
-            for c in sorted(set(rows.cues))}
+    right, cues = probs.argmax(1) == rows.y, np.array(rows.cues)
+    return {c: round(float(right[cues == c].mean()), 4) for c in sorted(set(rows.cues))}
 
 
 def extend_checkpoint(checkpoint: Path, layer: DecisionLayer, out: Path) -> Path:

@@ -247,6 +247,12 @@ def test_a_conversation_participant_follows_the_conversation_and_sees_each_speak
     assert P.parse_client_text(text).conversation == "call"
     sub = P.parse_client_text(live_messages.subscriber_hello(TOKEN, "call.ana", conversation="call"))
     assert sub == P.SubscriberHello(TOKEN, None, None, "call") and sub.target == "conversation call"
+    for bad, words in (({"session": "s", "conversation": "call"}, "exactly one of"),
+                       ({"conversation": "call", "last_seq": 3}, "with a conversation use 'resume'"),
+                       ({"conversation": "two words"}, "conversation")):
+        hello = {"type": "hello", "version": 1, "token": TOKEN, "role": "subscriber", **bad}
+        with pytest.raises(P.ProtocolError, match=words):
+            P.parse_client_text(json.dumps(hello))
     view = live_messages.EventView()
     view.update(_emotion(0, PROBS))
     view.update({**_emotion(0, {"anger": 0.9, "joy": 0.05, "neutral": 0.05}), "speaker": "Ben", "session": "b"})

@@ -231,11 +231,11 @@ def _parse_hello(msg: dict[str, Any]) -> Union[PublisherHello, SubscriberHello]:
         if ("session" in msg) == ("conversation" in msg):
             raise ProtocolError("bad_message", "hello: a subscriber names exactly one of 'session' (an id or \"*\") "
                                                "and 'conversation'")
+        if "conversation" in msg and "last_seq" in msg:  # before the schema, whose rule would not say why
+            raise ProtocolError("bad_message", "hello: 'last_seq' needs a single session; with a conversation "
+                                               "use 'resume'")
         _schema_or_error(msg, "hello_subscriber.json", "hello")
         if "conversation" in msg:
-            if "last_seq" in msg:
-                raise ProtocolError("bad_message", "hello: 'last_seq' needs a single session; with a conversation "
-                                                   "use 'resume'")
             return SubscriberHello(msg["token"], None, dict(msg["resume"]) if "resume" in msg else None,
                                    msg["conversation"])
         session = msg["session"]
